@@ -232,16 +232,25 @@ impl Config {
         }
         parse_realtime_url(&self.realtime.url)?;
         if self.realtime.connect_timeout == 0 {
-            return Err(ConfigError::key("realtime.connect_timeout", "must be at least 1 second"));
+            return Err(ConfigError::key(
+                "realtime.connect_timeout",
+                "must be at least 1 second",
+            ));
         }
         if !(20..=2000).contains(&self.audio.playout_lead_ms) {
             return Err(ConfigError::key(
                 "audio.playout_lead_ms",
-                format!("must be between 20 and 2000 (got {})", self.audio.playout_lead_ms),
+                format!(
+                    "must be between 20 and 2000 (got {})",
+                    self.audio.playout_lead_ms
+                ),
             ));
         }
         if self.twilio.stream_token_ttl == 0 {
-            return Err(ConfigError::key("twilio.stream_token_ttl", "must be at least 1 second"));
+            return Err(ConfigError::key(
+                "twilio.stream_token_ttl",
+                "must be at least 1 second",
+            ));
         }
         let td = &self.agent.turn_detection;
         if !(0.0..=1.0).contains(&td.threshold) {
@@ -253,7 +262,10 @@ impl Config {
         if !["low", "medium", "high", "auto"].contains(&td.eagerness.as_str()) {
             return Err(ConfigError::key(
                 "agent.turn_detection.eagerness",
-                format!("unknown value {:?} (expected low, medium, high or auto)", td.eagerness),
+                format!(
+                    "unknown value {:?} (expected low, medium, high or auto)",
+                    td.eagerness
+                ),
             ));
         }
         if self.agent.voice.trim().is_empty() {
@@ -352,7 +364,9 @@ fn parse_public_url(raw: &str) -> Result<Url, ConfigError> {
     let bad = |why: &str| ConfigError::key("public_url", format!("{why} (got {raw:?})"));
     let url = Url::parse(raw).map_err(|e| bad(&format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(bad("must start with https:// (or http:// behind a TLS proxy)"));
+        return Err(bad(
+            "must start with https:// (or http:// behind a TLS proxy)",
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("has no host"));
@@ -484,7 +498,10 @@ mod tests {
     fn defaults_are_valid_and_match_the_design() {
         let c = Config::load(None, &env(&[])).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(c.realtime.url, "wss://api.openai.com/v1/realtime?model=gpt-realtime");
+        assert_eq!(
+            c.realtime.url,
+            "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+        );
         assert_eq!(c.realtime.dialect, Dialect::Ga);
         assert_eq!(c.audio.mode, AudioMode::Pcm16);
         assert!(c.twilio.validate_signatures);
@@ -533,9 +550,15 @@ mod tests {
             &env(&[
                 ("CALLBRIDGE_MAX_CALLS", "20"),
                 ("CALLBRIDGE_REALTIME__DIALECT", "azure"),
-                ("CALLBRIDGE_REALTIME__URL", "wss://res.openai.azure.com/openai/v1/realtime?model=d"),
+                (
+                    "CALLBRIDGE_REALTIME__URL",
+                    "wss://res.openai.azure.com/openai/v1/realtime?model=d",
+                ),
                 ("CALLBRIDGE_PUBLIC_URL", "https://other.example.com:8443"),
-                ("CALLBRIDGE_AGENT__TURN_DETECTION__SILENCE_DURATION_MS", "700"),
+                (
+                    "CALLBRIDGE_AGENT__TURN_DETECTION__SILENCE_DURATION_MS",
+                    "700",
+                ),
                 ("CALLBRIDGE_TWILIO__VALIDATE_SIGNATURES", "false"),
                 ("CALLBRIDGE_CONFIG", "/ignored/path.toml"),
                 ("UNRELATED", "x"),
@@ -572,17 +595,49 @@ mod tests {
             ("CALLBRIDGE_AUDIO__MODE", "opus", "audio.mode"),
             ("CALLBRIDGE_MAX_CALLS", "0", "max_calls"),
             ("CALLBRIDGE_MAX_CALLS", "many", "max_calls"),
-            ("CALLBRIDGE_REALTIME__URL", "https://api.openai.com/v1/realtime", "realtime.url"),
+            (
+                "CALLBRIDGE_REALTIME__URL",
+                "https://api.openai.com/v1/realtime",
+                "realtime.url",
+            ),
             ("CALLBRIDGE_REALTIME__URL", "not a url", "realtime.url"),
-            ("CALLBRIDGE_PUBLIC_URL", "ftp://bridge.example.com", "public_url"),
-            ("CALLBRIDGE_PUBLIC_URL", "https://bridge.example.com/media?x=1", "public_url"),
+            (
+                "CALLBRIDGE_PUBLIC_URL",
+                "ftp://bridge.example.com",
+                "public_url",
+            ),
+            (
+                "CALLBRIDGE_PUBLIC_URL",
+                "https://bridge.example.com/media?x=1",
+                "public_url",
+            ),
             ("CALLBRIDGE_PUBLIC_URL", "bridge.example.com", "public_url"),
             ("CALLBRIDGE_LISTEN", "localhost", "listen"),
-            ("CALLBRIDGE_AUDIO__PLAYOUT_LEAD_MS", "5", "audio.playout_lead_ms"),
-            ("CALLBRIDGE_AGENT__TURN_DETECTION__THRESHOLD", "1.5", "agent.turn_detection.threshold"),
-            ("CALLBRIDGE_AGENT__TURN_DETECTION__EAGERNESS", "eager", "agent.turn_detection.eagerness"),
-            ("CALLBRIDGE_AGENT__TURN_DETECTION__TYPE", "client_vad", "agent.turn_detection.type"),
-            ("CALLBRIDGE_TWILIO__STREAM_TOKEN_TTL", "0", "twilio.stream_token_ttl"),
+            (
+                "CALLBRIDGE_AUDIO__PLAYOUT_LEAD_MS",
+                "5",
+                "audio.playout_lead_ms",
+            ),
+            (
+                "CALLBRIDGE_AGENT__TURN_DETECTION__THRESHOLD",
+                "1.5",
+                "agent.turn_detection.threshold",
+            ),
+            (
+                "CALLBRIDGE_AGENT__TURN_DETECTION__EAGERNESS",
+                "eager",
+                "agent.turn_detection.eagerness",
+            ),
+            (
+                "CALLBRIDGE_AGENT__TURN_DETECTION__TYPE",
+                "client_vad",
+                "agent.turn_detection.type",
+            ),
+            (
+                "CALLBRIDGE_TWILIO__STREAM_TOKEN_TTL",
+                "0",
+                "twilio.stream_token_ttl",
+            ),
             ("CALLBRIDGE_NO_SUCH_KEY", "1", "no_such_key"),
         ];
         for (var, value, key) in cases {
@@ -616,10 +671,14 @@ mod tests {
 
     #[test]
     fn secret_errors_name_the_variable() {
-        let err = Secrets::from_env(&env(&[("OPENAI_API_KEY_FILE", "/nonexistent/key")])).unwrap_err();
+        let err =
+            Secrets::from_env(&env(&[("OPENAI_API_KEY_FILE", "/nonexistent/key")])).unwrap_err();
         assert!(err.to_string().starts_with("OPENAI_API_KEY_FILE"), "{err}");
-        let err = Secrets::from_env(&env(&[("OPENAI_API_KEY", "a"), ("OPENAI_API_KEY_FILE", "/x")]))
-            .unwrap_err();
+        let err = Secrets::from_env(&env(&[
+            ("OPENAI_API_KEY", "a"),
+            ("OPENAI_API_KEY_FILE", "/x"),
+        ]))
+        .unwrap_err();
         assert!(err.to_string().contains("set only one"), "{err}");
         let f = toml_file("  \n");
         let path = f.path().to_str().unwrap();

@@ -1,0 +1,412 @@
+//! Outbound pacing and the mark ledger: what was sent to Twilio, and what the
+//! caller has heard of it.
+//!
+//! Pure state: time is passed in, nothing here does I/O. The model's audio is
+//! queued as μ-law 8 kHz (8 bytes = 1 ms) and released to Twilio no more than
+//! `lead` ahead of real time, so that little is queued at Twilio and a
+//! barge-in's `clear` throws away little; each chunk is followed by a mark
+//! whose name carries (generation, cumulative ms of the item, item id).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+
+use tokio::time::{Duration, Instant};
+
+/// μ-law at 8 kHz: bytes per millisecond.
+const BYTES_PER_MS: usize = 8;
+/// Largest chunk sent in one media message (then a mark): 100 ms. Smaller
+/// chunks give finer "played" acknowledgements, larger ones fewer messages.
+const MAX_CHUNK_BYTES: usize = 100 * BYTES_PER_MS;
+/// Smallest chunk worth a message (20 ms, one Twilio frame), unless the
+/// item has less left.
+const MIN_CHUNK_BYTES: usize = 20 * BYTES_PER_MS;
+/// Unsent audio held at most (2 minutes); beyond that deltas are dropped and
+/// counted rather than growing memory without bound.
+const MAX_QUEUED_BYTES: usize = 120_000 * BYTES_PER_MS;
+
+/// One chunk ready to send: the audio, then a mark with this name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Chunk<'a> {
+    pub payload: &'a [u8],
+    pub mark: &'a str,
+    /// How far ahead of real time the audio at Twilio runs once this is sent.
+    pub lead: Duration,
+}
+
+/// Where to cut the model's item on barge-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub item_id: String,
+    /// What the caller heard: ≥ acknowledged-played, ≤ sent.
+    pub audio_end_ms: u64,
+    pub acked_ms: u64,
+    pub sent_ms: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum MarkEcho {
+    /// Advanced what was played of an item.
+    Played { item_id_len: usize, played_ms: u64 },
+    /// From a generation before the last barge-in: `clear` echoes these, they
+    /// do not mean the audio was played.
+    Stale,
+    /// Not one of ours.
+    Foreign,
+}
+
+#[derive(Debug)]
+struct ItemLedger {
+    item_id: String,
+    /// Bytes received from the model for this item (after transcoding).
+    received: usize,
+    /// Bytes sent to Twilio.
+    sent: usize,
+    /// Bytes Twilio acknowledged as played (via marks).
+    acked: usize,
+}
+
+#[derive(Debug)]
+pub struct Playout {
+    lead: Duration,
+    generation: u32,
+    /// Unsent audio, contiguous from `read`.
+    queue: Vec<u8>,
+    read: usize,
+    /// Item boundaries inside the unsent audio: (item index in `items`, bytes).
+    segments: VecDeque<(usize, usize)>,
+    items: Vec<ItemLedger>,
+    /// When everything sent so far will have finished playing at Twilio.
+    play_end: Option<Instant>,
+    mark_buf: String,
+}
+
+impl Playout {
+    pub fn new(lead: Duration) -> Self {
+        Playout {
+            lead,
+            generation: 0,
+            queue: Vec::with_capacity(MAX_CHUNK_BYTES * 4),
+            read: 0,
+            segments: VecDeque::new(),
+            items: Vec::new(),
+            play_end: None,
+            mark_buf: String::with_capacity(64),
+        }
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Queues μ-law audio of `item_id`. Returns false (nothing queued) when
+    /// the queue is full.
+    pub fn push(&mut self, item_id: &str, ulaw: &[u8]) -> bool {
+        if ulaw.is_empty() {
+            return true;
+        }
+        if self.queue.len() - self.read + ulaw.len() > MAX_QUEUED_BYTES {
+            return false;
+        }
+        let idx = match self.items.iter().rposition(|i| i.item_id == item_id) {
+            Some(idx) => idx,
+            None => {
+                self.prune();
+                self.items.push(ItemLedger {
+                    item_id: item_id.to_owned(),
+                    received: 0,
+                    sent: 0,
+                    acked: 0,
+                });
+                self.items.len() - 1
+            }
+        };
+        self.items[idx].received += ulaw.len();
+        match self.segments.back_mut() {
+            Some((i, len)) if *i == idx => *len += ulaw.len(),
+            _ => self.segments.push_back((idx, ulaw.len())),
+        }
+        if self.read > 0 && self.read == self.queue.len() {
+            self.queue.clear();
+            self.read = 0;
+        }
+        self.queue.extend_from_slice(ulaw);
+        true
+    }
+
+    /// Forgets fully played items, keeping the ledger small on long calls.
+    fn prune(&mut self) {
+        if self.segments.is_empty() && self.items.iter().all(|i| i.acked >= i.sent) {
+            self.items.clear();
+        }
+    }
+
+    fn lead_at(&self, now: Instant) -> Duration {
+        self.play_end
+            .map_or(Duration::ZERO, |end| end.saturating_duration_since(now))
+    }
+
+    fn bytes_to_duration(bytes: usize) -> Duration {
+        Duration::from_micros(bytes as u64 * 1000 / BYTES_PER_MS as u64)
+    }
+
+    /// Room under the lead, in bytes, and the least worth sending now.
+    fn room(&self, now: Instant, seg_len: usize) -> (usize, usize) {
+        let space = self.lead.saturating_sub(self.lead_at(now));
+        let space_bytes = (space.as_micros() as usize * BYTES_PER_MS) / 1000;
+        (space_bytes, seg_len.min(MIN_CHUNK_BYTES))
+    }
+
+    /// When the next chunk may go, if anything is waiting.
+    pub fn next_send_at(&self, now: Instant) -> Option<Instant> {
+        let &(_, seg_len) = self.segments.front()?;
+        let (space, min_chunk) = self.room(now, seg_len);
+        if space >= min_chunk {
+            Some(now)
+        } else {
+            Some(now + Self::bytes_to_duration(min_chunk - space))
+        }
+    }
+
+    /// Takes the next chunk if the lead allows one now: as much as fits
+    /// under the lead, at most 100 ms, never across an item boundary.
+    pub fn next_chunk(&mut self, now: Instant) -> Option<Chunk<'_>> {
+        let &(idx, seg_len) = self.segments.front()?;
+        let (space, min_chunk) = self.room(now, seg_len);
+        if space < min_chunk {
+            return None;
+        }
+        let take = seg_len.min(MAX_CHUNK_BYTES).min(space);
+        if take == seg_len {
+            self.segments.pop_front();
+        } else if let Some(front) = self.segments.front_mut() {
+            front.1 -= take;
+        }
+        let start = self.read;
+        self.read += take;
+        let item = &mut self.items[idx];
+        item.sent += take;
+        let dur = Self::bytes_to_duration(take);
+        let begin = self.play_end.filter(|end| *end > now).unwrap_or(now);
+        let end = begin + dur;
+        self.play_end = Some(end);
+        self.mark_buf.clear();
+        let _ = write!(
+            self.mark_buf,
+            "{}:{}:{}",
+            self.generation,
+            item.sent / BYTES_PER_MS,
+            item.item_id
+        );
+        Some(Chunk {
+            payload: &self.queue[start..start + take],
+            mark: &self.mark_buf,
+            lead: end - now,
+        })
+    }
+
+    /// Applies a mark Twilio echoed.
+    pub fn on_mark(&mut self, name: &str) -> MarkEcho {
+        let mut parts = name.splitn(3, ':');
+        let (Some(gen), Some(ms), Some(item_id)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return MarkEcho::Foreign;
+        };
+        let (Ok(gen), Ok(ms)) = (gen.parse::<u32>(), ms.parse::<u64>()) else {
+            return MarkEcho::Foreign;
+        };
+        if gen != self.generation {
+            return MarkEcho::Stale;
+        }
+        match self.items.iter_mut().rev().find(|i| i.item_id == item_id) {
+            Some(item) => {
+                let bytes = (ms as usize * BYTES_PER_MS).min(item.sent);
+                item.acked = item.acked.max(bytes);
+                MarkEcho::Played {
+                    item_id_len: item.item_id.len(),
+                    played_ms: (item.acked / BYTES_PER_MS) as u64,
+                }
+            }
+            None => MarkEcho::Stale,
+        }
+    }
+
+    /// True while the caller may still be hearing (or about to hear) audio.
+    pub fn is_playing(&self, now: Instant) -> bool {
+        !self.segments.is_empty()
+            || self.lead_at(now) > Duration::ZERO
+            || self.items.iter().any(|i| i.acked < i.sent)
+    }
+
+    /// Barge-in: drops unsent audio, bumps the generation so that marks
+    /// echoed by `clear` count for nothing, and says where to truncate the
+    /// item that was playing (None when nothing of it was sent).
+    pub fn interrupt(&mut self, now: Instant) -> Option<Truncation> {
+        let remaining = self.lead_at(now);
+        let truncation = self.items.iter().rev().find(|i| i.sent > 0).map(|item| {
+            let sent_ms = (item.sent / BYTES_PER_MS) as u64;
+            let acked_ms = (item.acked / BYTES_PER_MS) as u64;
+            // Twilio plays at real time: what is still ahead of `now` in
+            // its queue was not heard. Never below what marks confirmed.
+            let unheard_ms = remaining.as_millis() as u64;
+            let estimate = sent_ms
+                .saturating_sub(unheard_ms)
+                .max(acked_ms)
+                .min(sent_ms);
+            Truncation {
+                item_id: item.item_id.clone(),
+                audio_end_ms: estimate,
+                acked_ms,
+                sent_ms,
+            }
+        });
+        self.generation = self.generation.wrapping_add(1);
+        self.queue.clear();
+        self.read = 0;
+        self.segments.clear();
+        self.items.clear();
+        self.play_end = None;
+        truncation
+    }
+
+    /// Unsent bytes, for tests and diagnostics.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.len() - self.read
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn paces_to_the_lead_and_no_further() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        assert!(p.push("item_a", &[0x7f; 8 * 1000])); // one second
+        let mut sent = 0;
+        let mut marks = Vec::new();
+        while let Some(c) = p.next_chunk(t0) {
+            sent += c.payload.len();
+            marks.push(c.mark.to_owned());
+        }
+        // 200 ms lead at most, in 100 ms chunks.
+        assert_eq!(sent, 8 * 200);
+        assert_eq!(marks, vec!["0:100:item_a", "0:200:item_a"]);
+        assert_eq!(p.next_send_at(t0), Some(t0 + ms(20)));
+        // After 100 ms of playing, one more chunk fits.
+        let t1 = t0 + ms(100);
+        let c = p.next_chunk(t1).unwrap();
+        assert_eq!(c.payload.len(), 800);
+        assert_eq!(c.mark, "0:300:item_a");
+        assert_eq!(c.lead, ms(200));
+        assert!(p.next_chunk(t1).is_none());
+        assert_eq!(p.next_send_at(t1), Some(t1 + ms(20)));
+    }
+
+    #[test]
+    fn next_send_at_waits_for_the_lead_to_drain() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        assert_eq!(p.next_send_at(t0), None);
+        p.push("i", &[0; 8 * 500]);
+        assert_eq!(p.next_send_at(t0), Some(t0));
+        while p.next_chunk(t0).is_some() {}
+        // 200 ms queued at Twilio: the next chunk may go once 20 ms have played.
+        assert_eq!(p.next_send_at(t0), Some(t0 + ms(20)));
+        let t = t0 + ms(50);
+        assert_eq!(p.next_send_at(t), Some(t));
+        let c = p.next_chunk(t).unwrap();
+        // Exactly what fits under the lead.
+        assert_eq!(c.payload.len(), 8 * 50);
+        assert_eq!(c.lead, ms(200));
+        assert_eq!(p.next_send_at(t), Some(t + ms(20)));
+    }
+
+    #[test]
+    fn marks_advance_played_and_stale_ones_do_not() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(300));
+        p.push("item_x", &[0; 8 * 300]);
+        let mut names = Vec::new();
+        while let Some(c) = p.next_chunk(t0) {
+            names.push(c.mark.to_owned());
+        }
+        assert_eq!(
+            p.on_mark(&names[0]),
+            MarkEcho::Played {
+                item_id_len: 6,
+                played_ms: 100
+            }
+        );
+        assert_eq!(p.on_mark("someone-else"), MarkEcho::Foreign);
+        let cut = p.interrupt(t0 + ms(150)).unwrap();
+        assert_eq!(cut.item_id, "item_x");
+        assert_eq!(cut.sent_ms, 300);
+        assert_eq!(cut.acked_ms, 100);
+        // 150 ms of 300 sent were still queued at Twilio: heard 150.
+        assert_eq!(cut.audio_end_ms, 150);
+        // Echoes that `clear` provokes are stale.
+        assert_eq!(p.on_mark(&names[1]), MarkEcho::Stale);
+        assert_eq!(p.generation(), 1);
+        assert!(!p.is_playing(t0 + ms(150)));
+        assert_eq!(p.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn truncation_is_between_acked_and_sent() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        p.push("it", &[0; 8 * 1000]);
+        while p.next_chunk(t0).is_some() {}
+        // Immediately: nothing heard by the clock, nothing acked.
+        let mut q = Playout::new(ms(200));
+        q.push("it", &[0; 8 * 1000]);
+        while q.next_chunk(t0).is_some() {}
+        let cut = q.interrupt(t0).unwrap();
+        assert_eq!(cut.audio_end_ms, 0);
+        // A mark acknowledged more than the clock says: the ack wins.
+        p.on_mark("0:200:it");
+        let cut = p.interrupt(t0 + ms(10)).unwrap();
+        assert_eq!(cut.audio_end_ms, 200);
+        assert!(cut.audio_end_ms >= cut.acked_ms && cut.audio_end_ms <= cut.sent_ms);
+    }
+
+    #[test]
+    fn nothing_sent_means_no_truncation() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        assert!(p.interrupt(t0).is_none());
+        p.push("a", &[1; 80]);
+        assert!(p.is_playing(t0));
+        assert!(p.interrupt(t0).is_none());
+    }
+
+    #[test]
+    fn chunks_do_not_cross_items_and_ledger_is_pruned() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(2000));
+        p.push("a", &[1; 80]);
+        p.push("b", &[2; 80]);
+        let c = p.next_chunk(t0).unwrap();
+        assert_eq!((c.payload, c.mark), (&[1u8; 80][..], "0:10:a"));
+        let c = p.next_chunk(t0).unwrap();
+        assert_eq!((c.payload, c.mark), (&[2u8; 80][..], "0:10:b"));
+        p.on_mark("0:10:a");
+        p.on_mark("0:10:b");
+        assert!(!p.is_playing(t0 + ms(30)));
+        p.push("c", &[3; 8]);
+        assert_eq!(p.items.len(), 1);
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let mut p = Playout::new(ms(200));
+        let big = vec![0u8; MAX_QUEUED_BYTES];
+        assert!(p.push("a", &big));
+        assert!(!p.push("a", &[0; 8]));
+    }
+}

@@ -1,0 +1,34 @@
+//! callbridge: puts a speech-to-speech model on a Twilio phone number.
+//!
+//! Twilio streams a call's 8 kHz G.711 μ-law audio over a WebSocket (Media
+//! Streams); callbridge relays it to a model speaking the OpenAI Realtime
+//! protocol and plays the model's answer back to the caller, stopping at once
+//! when the caller talks over it.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed configuration, defaults ← TOML file ← `CALLBRIDGE_*` env;
+//!   secrets from the environment only, redacted in `Debug`.
+//! - [`audio`]: pure audio code: G.711 μ-law tables ([`audio::g711`]), the
+//!   streaming 8 ⇄ 24 kHz polyphase resampler ([`audio::resample`]), per-call
+//!   transcoders, and the offline converter behind `callbridge audio convert`.
+//! - [`twilio`]: pure Twilio protocol code: Media Streams messages, request
+//!   signatures, per-call stream tokens, TwiML.
+//! - [`realtime`]: the OpenAI Realtime protocol: server events of both
+//!   dialects mapped to one type, client event writers, `session.update` per
+//!   dialect, and the client socket (the one module that touches it).
+//! - [`call`]: one call: the Media Stream handshake, the relay loop (generic
+//!   over `Sink`/`Stream`), and the pure pacing + mark ledger behind barge-in.
+//! - [`metrics`]: every Prometheus metric, defined once; lock-free on the
+//!   per-frame path.
+//! - [`server`]: the axum server: `/voice`, `/media`, `/stream-status`,
+//!   `/metrics`, `/healthz`, `/readyz`; admission control and graceful drain.
+#![forbid(unsafe_code)]
+
+pub mod audio;
+pub mod call;
+pub mod config;
+pub mod metrics;
+pub mod realtime;
+pub mod server;
+pub mod twilio;

@@ -1,0 +1,144 @@
+//! The `callbridge` command line: parses arguments and calls the library.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use callbridge::config::{Config, LogFormat, Secrets};
+use callbridge::metrics::Metrics;
+use callbridge::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "callbridge",
+    version,
+    about = "Bridge Twilio phone calls to OpenAI Realtime speech-to-speech models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: Twilio webhook, Media Streams, metrics.
+    Serve {
+        /// TOML configuration file (see config/default.toml); env overrides it.
+        #[arg(long, env = "CALLBRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Audio tools that use exactly the code calls use.
+    Audio {
+        #[command(subcommand)]
+        command: AudioCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AudioCommand {
+    /// Convert between raw μ-law 8 kHz (.ulaw) and PCM16 mono WAV (.wav, 8 or 24 kHz).
+    Convert {
+        /// Input file (.ulaw or .wav).
+        input: PathBuf,
+        /// Output file (.ulaw or .wav).
+        output: PathBuf,
+        /// Sample rate of a .wav output: 8000 or 24000 (default: the input's rate).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("callbridge: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Audio {
+            command:
+                AudioCommand::Convert {
+                    input,
+                    output,
+                    rate,
+                },
+        } => {
+            let report = callbridge::audio::convert::convert(&input, &output, rate)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(config_path.as_deref(), &env)?;
+    let secrets = Secrets::from_env(&env)?;
+    init_logging(config.log.format, &config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::new(config.clone(), secrets, Metrics::new())?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding listen address {}", config.listen))?;
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            public_url = config.public_url.as_deref().unwrap_or(""),
+            realtime = %config.realtime.url,
+            dialect = %config.realtime.dialect,
+            audio_mode = %config.audio.mode,
+            max_calls = config.max_calls,
+            "callbridge serving"
+        );
+        server.run(listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,545 @@
+//! The HTTP side: router, admission control, graceful drain, and the one
+//! module that touches Twilio's sockets.
+//!
+//! [`Server::run`] takes its listener and its shutdown signal as parameters,
+//! so tests start the real server on `127.0.0.1:0` and stop it at will.
+//! axum's graceful shutdown does not wait for upgraded WebSockets, so call
+//! tasks are tracked here: on shutdown the server stops admitting calls,
+//! `/readyz` turns 503, live calls run on for up to `drain_timeout`, and
+//! only then are they closed.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{OriginalUri, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+use crate::call::bridge::{self, CallParams};
+use crate::call::handshake::{await_start, HandshakeError};
+use crate::call::{close_code, WsIn, WsOut};
+use crate::config::{Config, ConfigError, Secrets};
+use crate::metrics::{Metrics, Outcome};
+use crate::realtime::client::{ConnectError, RealtimeEndpoint};
+use crate::realtime::session::session_update;
+use crate::twilio::token::StreamTokens;
+use crate::twilio::{signature, twiml};
+
+/// Twilio must send `start` this soon after the upgrade.
+const START_DEADLINE: Duration = Duration::from_secs(5);
+/// Frames above this are a protocol error that closes the socket; frames
+/// between [`bridge::MAX_TWILIO_FRAME`] and this are dropped and counted.
+const WS_MAX_MESSAGE: usize = 256 << 10;
+/// What a stalled Twilio reader may make us buffer before the call is ended.
+const WS_MAX_WRITE_BUFFER: usize = 1 << 20;
+/// After the drain deadline, how long closing the remaining calls may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("OPENAI_API_KEY is not set, and realtime.url ({0}) is OpenAI's or Azure's service, which needs it")]
+    MissingApiKey(String),
+    #[error(transparent)]
+    Realtime(#[from] ConnectError),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Shared {
+    config: Config,
+    public: Url,
+    endpoint: RealtimeEndpoint,
+    auth_tokens: Vec<String>,
+    stream_tokens: StreamTokens,
+    metrics: Metrics,
+    active: AtomicUsize,
+    draining: AtomicBool,
+    tracker: TaskTracker,
+    /// Fired when the drain deadline passes: live calls close.
+    close_calls: CancellationToken,
+}
+
+/// A configured server, ready to run on a listener.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Checks everything that would make a call fail later: `public_url`,
+    /// the API key for OpenAI's own endpoints, the Twilio auth token.
+    pub fn new(config: Config, secrets: Secrets, metrics: Metrics) -> Result<Server, ServeError> {
+        let public = config.public_url()?;
+        let realtime_url = crate::config::parse_realtime_url(&config.realtime.url)?;
+        if secrets.openai_api_key.is_none() && RealtimeEndpoint::needs_api_key(&realtime_url) {
+            return Err(ServeError::MissingApiKey(config.realtime.url.clone()));
+        }
+        let auth_tokens: Vec<String> = [
+            &secrets.twilio_auth_token,
+            &secrets.twilio_auth_token_previous,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.expose().to_owned())
+        .collect();
+        if config.twilio.validate_signatures && auth_tokens.is_empty() {
+            return Err(ServeError::Config(ConfigError::Secret {
+                var: "TWILIO_AUTH_TOKEN".into(),
+                reason: "is required while twilio.validate_signatures is true \
+                         (set it, or turn validation off for local testing only)"
+                    .into(),
+            }));
+        }
+        if !config.twilio.validate_signatures {
+            tracing::warn!(
+                "twilio.validate_signatures is false: anyone who can reach this server can open calls; use this for local testing only"
+            );
+        }
+        // Any replica sharing the auth token can check any other's stream
+        // tokens; without one (local testing) a per-process key is enough.
+        let token_key = match auth_tokens.first() {
+            Some(token) => format!("callbridge-stream-token-v1:{token}").into_bytes(),
+            None => {
+                let mut key = vec![0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
+                key
+            }
+        };
+        let stream_tokens = StreamTokens::new(
+            &token_key,
+            Duration::from_secs(config.twilio.stream_token_ttl),
+        );
+        let endpoint = RealtimeEndpoint::new(
+            realtime_url,
+            config.realtime.dialect,
+            secrets.openai_api_key.clone(),
+            Duration::from_secs(config.realtime.connect_timeout),
+        )?;
+        metrics.calls_max.set(config.max_calls as i64);
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                public,
+                endpoint,
+                auth_tokens,
+                stream_tokens,
+                metrics,
+                active: AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
+                tracker: TaskTracker::new(),
+                close_calls: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/voice", post(voice))
+            .route("/media", get(media))
+            .route("/stream-status", post(stream_status))
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then drains: no new calls, live
+    /// calls run on up to `drain_timeout`, then are closed cleanly.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let shared = self.shared.clone();
+        let stop_http = CancellationToken::new();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let http = axum::serve(listener, self.router())
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let http_task = tokio::spawn(async move { http.await });
+
+        shutdown.await;
+        shared.draining.store(true, Ordering::SeqCst);
+        shared.metrics.draining.set(1);
+        let live = shared.active.load(Ordering::SeqCst);
+        tracing::info!(
+            live_calls = live,
+            drain_timeout_s = shared.config.drain_timeout,
+            "draining"
+        );
+        shared.tracker.close();
+        if tokio::time::timeout(shared.config.drain_timeout(), shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                live_calls = shared.active.load(Ordering::SeqCst),
+                "drain timeout reached; closing live calls"
+            );
+            shared.close_calls.cancel();
+            let _ = tokio::time::timeout(CLOSE_GRACE, shared.tracker.wait()).await;
+        }
+        stop_http.cancel();
+        match http_task.await {
+            Ok(result) => result.map_err(ServeError::Io),
+            Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+impl Shared {
+    fn is_full(&self) -> bool {
+        self.active.load(Ordering::SeqCst) >= self.config.max_calls
+    }
+
+    fn accepting(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && !self.is_full()
+    }
+
+    /// The URL Twilio signed: rebuilt from `public_url`, never from `Host`.
+    fn signed_url(&self, scheme: &str, uri: &axum::http::Uri) -> String {
+        let mut url = self.public.clone();
+        if scheme != url.scheme() {
+            // http→ws and https→wss keep the same authority.
+            let _ = url.set_scheme(scheme);
+        }
+        url.set_path(uri.path());
+        url.set_query(uri.query());
+        url.to_string()
+    }
+
+    fn check_signature(&self, headers: &HeaderMap, url: &str, params: &[(String, String)]) -> bool {
+        if !self.config.twilio.validate_signatures {
+            return true;
+        }
+        let Some(sig) = headers
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let tokens: Vec<&str> = self.auth_tokens.iter().map(String::as_str).collect();
+        signature::validate(&tokens, url, params, sig)
+    }
+
+    fn ws_scheme(&self) -> &'static str {
+        if self.public.scheme() == "https" {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn twiml_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+fn forbidden(shared: &Shared, what: &'static str) -> Response {
+    shared.metrics.error("bad_signature");
+    tracing::warn!(endpoint = what, "missing or invalid X-Twilio-Signature");
+    (StatusCode::FORBIDDEN, "invalid signature\n").into_response()
+}
+
+/// Twilio's voice webhook: answers with a `<Connect><Stream>` carrying a
+/// token bound to this CallSid, or a busy answer when full or draining.
+async fn voice(
+    State(shared): State<Arc<Shared>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let url = shared.signed_url(shared.public.scheme(), &uri);
+    if !shared.check_signature(&headers, &url, &params) {
+        return forbidden(&shared, "/voice");
+    }
+    let Some(call_sid) = params
+        .iter()
+        .find(|(k, _)| k == "CallSid")
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+    else {
+        return (StatusCode::BAD_REQUEST, "CallSid missing\n").into_response();
+    };
+    if !shared.accepting() {
+        shared.metrics.call_ended(Outcome::Rejected);
+        tracing::info!(
+            call_sid,
+            draining = shared.draining.load(Ordering::SeqCst),
+            "busy: call rejected"
+        );
+        return twiml_response(twiml::busy());
+    }
+    let token = shared.stream_tokens.issue(call_sid, now_unix());
+    let mut stream_url = shared.public.clone();
+    let _ = stream_url.set_scheme(shared.ws_scheme());
+    stream_url.set_path("/media");
+    let mut status_url = shared.public.clone();
+    status_url.set_path("/stream-status");
+    let fallback = Some(shared.config.twilio.fallback_say.as_str()).filter(|s| !s.is_empty());
+    tracing::info!(call_sid, "incoming call");
+    twiml_response(twiml::connect_stream(
+        stream_url.as_str(),
+        status_url.as_str(),
+        &token,
+        fallback,
+    ))
+}
+
+/// Twilio's stream status callback: logged, nothing else.
+async fn stream_status(
+    State(shared): State<Arc<Shared>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let url = shared.signed_url(shared.public.scheme(), &uri);
+    if !shared.check_signature(&headers, &url, &params) {
+        return forbidden(&shared, "/stream-status");
+    }
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    if get("StreamEvent") == "stream-error" {
+        shared.metrics.error("stream_error");
+        tracing::warn!(
+            call_sid = get("CallSid"),
+            stream_sid = get("StreamSid"),
+            error = get("StreamError"),
+            "stream error"
+        );
+    } else {
+        tracing::info!(
+            call_sid = get("CallSid"),
+            stream_sid = get("StreamSid"),
+            event = get("StreamEvent"),
+            "stream status"
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if shared.is_full() {
+        (StatusCode::SERVICE_UNAVAILABLE, "full\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+/// Holds one admission slot; releasing it on drop keeps the count right on
+/// every path out of a call, panics included.
+struct Slot(Arc<Shared>);
+
+impl Slot {
+    fn acquire(shared: &Arc<Shared>) -> Option<Slot> {
+        if shared.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        let max = shared.config.max_calls;
+        let mut current = shared.active.load(Ordering::SeqCst);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match shared.active.compare_exchange(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        shared.metrics.calls_active.inc();
+        Some(Slot(shared.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.calls_active.dec();
+    }
+}
+
+/// The Media Stream upgrade: signature first, then admission, then 101.
+async fn media(
+    State(shared): State<Arc<Shared>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let url = shared.signed_url(shared.ws_scheme(), &uri);
+    if !shared.check_signature(&headers, &url, &[]) {
+        return forbidden(&shared, "/media");
+    }
+    let Some(slot) = Slot::acquire(&shared) else {
+        shared.metrics.call_ended(Outcome::Rejected);
+        return (StatusCode::SERVICE_UNAVAILABLE, "not accepting calls\n").into_response();
+    };
+    let tracked = shared.tracker.token();
+    upgrade
+        .max_message_size(WS_MAX_MESSAGE)
+        .max_frame_size(WS_MAX_MESSAGE)
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
+        .on_upgrade(move |socket| async move {
+            let _tracked = tracked;
+            handle_call(shared, slot, socket).await;
+        })
+}
+
+fn adapt_twilio(
+    socket: WebSocket,
+) -> (
+    impl Sink<WsOut, Error = axum::Error> + Unpin + Send,
+    impl Stream<Item = WsIn> + Unpin + Send,
+) {
+    let (tx, rx) = socket.split();
+    let tx = tx.with(|out: WsOut| {
+        std::future::ready(Ok::<_, axum::Error>(match out {
+            WsOut::Text(text) => Message::Text(text.into()),
+            WsOut::Close(code, reason) => Message::Close(Some(axum::extract::ws::CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        }))
+    });
+    let rx = rx
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| {
+            std::future::ready(match m {
+                Ok(Message::Text(t)) => Some(WsIn::Text(t.into())),
+                Ok(Message::Binary(b)) => Some(WsIn::Binary(b.len())),
+                Ok(Message::Close(frame)) => Some(WsIn::Close(frame.map(|f| f.code))),
+                Ok(Message::Ping(_) | Message::Pong(_)) | Err(_) => None,
+            })
+        });
+    (tx, rx)
+}
+
+async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
+    let started = tokio::time::Instant::now();
+    let (mut twilio_tx, mut twilio_rx) = adapt_twilio(socket);
+    let m = &shared.metrics;
+
+    let start = match await_start(
+        &mut twilio_rx,
+        START_DEADLINE,
+        Some(&shared.stream_tokens),
+        m,
+    )
+    .await
+    {
+        Ok(start) => start,
+        Err(err) => {
+            let outcome = match err {
+                HandshakeError::Closed => Outcome::CallerGone,
+                _ => Outcome::Unauthorized,
+            };
+            tracing::warn!(error = %err, "media stream refused");
+            let _ = twilio_tx
+                .send(WsOut::Close(close_code::POLICY, "stream refused"))
+                .await;
+            m.call_ended(outcome);
+            drop(slot);
+            return;
+        }
+    };
+    let call_sid = start.call_sid.clone();
+    tracing::info!(call_sid = %call_sid, stream_sid = %start.stream_sid, "stream started");
+
+    let connect_started = tokio::time::Instant::now();
+    let (model_tx, model_rx) = match shared.endpoint.connect().await {
+        Ok(pair) => pair,
+        Err(err) => {
+            m.error("upstream_connect");
+            m.call_ended(Outcome::UpstreamFailed);
+            tracing::error!(call_sid = %call_sid, error = %err, "cannot open the Realtime session");
+            let _ = twilio_tx
+                .send(WsOut::Close(close_code::INTERNAL, "model unavailable"))
+                .await;
+            return;
+        }
+    };
+    m.upstream_connect
+        .observe_duration(connect_started.elapsed());
+
+    let cfg = &shared.config;
+    let params = CallParams {
+        call_sid: call_sid.clone(),
+        stream_sid: start.stream_sid.clone(),
+        mode: cfg.audio.mode,
+        playout_lead: Duration::from_millis(cfg.audio.playout_lead_ms),
+        session_update: session_update(cfg.realtime.dialect, cfg.audio.mode, &cfg.agent)
+            .to_string(),
+    };
+    let summary = bridge::run(
+        params,
+        m.clone(),
+        twilio_tx,
+        twilio_rx,
+        model_tx,
+        model_rx,
+        shared.close_calls.clone(),
+    )
+    .await;
+    let duration = started.elapsed();
+    m.call_ended(summary.outcome);
+    m.call_duration.observe_duration(duration);
+    tracing::info!(
+        call_sid = %call_sid,
+        outcome = summary.outcome.as_str(),
+        duration_s = duration.as_secs_f64(),
+        turns = summary.turns,
+        bargeins = summary.bargeins,
+        frames_in = summary.frames_in,
+        frames_out = summary.frames_out,
+        rejected = summary.rejected,
+        reason = summary.reason.as_deref().unwrap_or(""),
+        "call ended"
+    );
+    drop(slot);
+}
