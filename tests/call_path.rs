@@ -1,0 +1,558 @@
+//! End-to-end: the real server on 127.0.0.1:0, a fake Twilio caller and a
+//! fake Realtime server, both written from PROTOCOLS.md alone.
+
+mod support;
+
+use std::time::Duration;
+
+use callbridge::audio::AudioMode;
+use callbridge::config::Dialect;
+use callbridge::metrics::Outcome;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::fake_realtime::{FakeRealtime, Script};
+use support::fake_twilio::{self, run_caller, CallerScript};
+use support::{fixture, save_client_events, Bridge, API_KEY, AUTH_TOKEN};
+use tokio_tungstenite::tungstenite::Message;
+
+fn call_sid(n: u32) -> String {
+    format!("CA{n:032x}")
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// One whole turn: the caller speaks the fixture, the model answers, the
+/// caller hears the answer paced in real time and acknowledges marks.
+async fn full_turn(dialect: Dialect, mode: AudioMode, name: &str) {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 1500,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |c| {
+        c.realtime.dialect = dialect;
+        c.audio.mode = mode;
+    })
+    .await;
+    let sid = call_sid(1);
+    let (ws, token) = bridge.connect(&sid).await;
+    let speech = fixture("speech.ulaw");
+    let mut script = CallerScript::new(&sid, &token, speech, Duration::from_secs(15));
+    script.end_after_first_answer = Some(Duration::from_millis(1800));
+    let log = run_caller(ws, script).await;
+
+    // The model heard the caller: session first, then appends in the mode's format.
+    let events = fake.events();
+    assert_eq!(events[0]["type"], "session.update", "{:?}", events[0]);
+    let appends = fake.events_of("input_audio_buffer.append");
+    assert!(appends.len() > 250, "only {} appends", appends.len());
+    let per_frame = match mode {
+        AudioMode::Pcm16 => 960,
+        AudioMode::Pcmu => 160,
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    let len = b64
+        .decode(appends[10]["audio"].as_str().unwrap())
+        .unwrap()
+        .len();
+    assert_eq!(len, per_frame);
+
+    // The caller heard the answer, in Twilio's shapes, and acked marks.
+    assert!(log.heard_ms >= 1000, "heard {} ms", log.heard_ms);
+    assert!(!log.marks_echoed.is_empty());
+    assert_eq!(log.binary_frames, 0);
+    for (_, v) in &log.received {
+        assert_eq!(v["streamSid"], fake_twilio::STREAM_SID, "{v}");
+        match v["event"].as_str() {
+            Some("media") => assert!(v["media"]["payload"]
+                .as_str()
+                .is_some_and(|p| !p.is_empty())),
+            Some("mark") => assert!(v["mark"]["name"].as_str().is_some()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(log.close_code, Some(1000));
+
+    // The model's socket was closed when the call stopped.
+    wait_until("model socket closed", || {
+        fake.record.lock().unwrap().closed_by_client == 1
+    })
+    .await;
+    wait_until("call counted", || {
+        bridge.metrics.calls_total(Outcome::Completed) == 1
+    })
+    .await;
+    assert!(bridge.metrics.turn_latency.count() >= 1);
+    assert!(bridge.metrics.first_audio.count() == 1);
+
+    // Headers of the dialect.
+    let headers = fake.record.lock().unwrap().headers[0].clone();
+    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    match dialect {
+        Dialect::Ga => {
+            assert_eq!(header("authorization"), Some(format!("Bearer {API_KEY}")));
+            assert_eq!(header("openai-beta"), None);
+        }
+        Dialect::Beta => {
+            assert_eq!(header("authorization"), Some(format!("Bearer {API_KEY}")));
+            assert_eq!(header("openai-beta").as_deref(), Some("realtime=v1"));
+        }
+        Dialect::Azure => {
+            assert_eq!(header("api-key").as_deref(), Some(API_KEY));
+            assert_eq!(header("authorization"), None);
+        }
+    }
+    let tag = if dialect == Dialect::Beta {
+        "beta"
+    } else {
+        "ga"
+    };
+    save_client_events(name, tag, &events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_turn_ga_pcm16() {
+    full_turn(Dialect::Ga, AudioMode::Pcm16, "full_turn_ga_pcm16").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_turn_ga_pcmu() {
+    full_turn(Dialect::Ga, AudioMode::Pcmu, "full_turn_ga_pcmu").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_turn_beta_pcm16() {
+    full_turn(Dialect::Beta, AudioMode::Pcm16, "full_turn_beta_pcm16").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_turn_beta_pcmu() {
+    full_turn(Dialect::Beta, AudioMode::Pcmu, "full_turn_beta_pcmu").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_turn_azure_pcm16() {
+    full_turn(Dialect::Azure, AudioMode::Pcm16, "full_turn_azure_pcm16").await;
+}
+
+/// PROTOCOLS.md §3: clear, cancel, truncate within [acked, sent], and no
+/// audio of the cancelled response after the clear.
+async fn barge_in(dialect: Dialect, mode: AudioMode, name: &str) {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 6000,
+        late_deltas_after_cancel: 3,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |c| {
+        c.realtime.dialect = dialect;
+        c.audio.mode = mode;
+    })
+    .await;
+    let sid = call_sid(2);
+    let (ws, token) = bridge.connect(&sid).await;
+    let mut script = CallerScript::new(
+        &sid,
+        &token,
+        fixture("speech.ulaw"),
+        Duration::from_secs(30),
+    );
+    script.bargein = Some((Duration::from_millis(1000), fixture("bargein.ulaw")));
+    script.end_after_first_answer = Some(Duration::from_millis(3500));
+    let log = run_caller(ws, script).await;
+
+    assert_eq!(log.clears.len(), 1, "clears: {:?}", log.clears);
+    let clear_at = log.clears[0];
+    let bargein_at = log.bargein_at.expect("barge-in audio was sent");
+    assert!(clear_at > bargein_at);
+    // Nothing of the cancelled response was played after the clear (the
+    // caller still speaks for seconds, so no new answer can start yet).
+    assert_eq!(
+        log.media_between(clear_at, clear_at + Duration::from_millis(1500)),
+        0
+    );
+
+    let cancels = fake.events_of("response.cancel");
+    assert_eq!(cancels.len(), 1, "{cancels:?}");
+    assert_eq!(cancels[0]["response_id"], "resp_2");
+    let truncates = fake.events_of("conversation.item.truncate");
+    assert_eq!(truncates.len(), 1, "{truncates:?}");
+    let t = &truncates[0];
+    assert_eq!(t["item_id"], "item_out2");
+    assert_eq!(t["content_index"], 0);
+    let end_ms = t["audio_end_ms"].as_u64().unwrap();
+    let heard = log.heard_at_clear[0];
+    let received = log.received_at_clear[0];
+    eprintln!("barge-in: audio_end_ms={end_ms} heard={heard} received={received}");
+    // Between what Twilio acknowledged as played (the caller heard at least
+    // up to the last echoed mark, ≤ heard) and what was sent (≤ received).
+    assert!(
+        end_ms <= received,
+        "audio_end_ms {end_ms} > sent {received}"
+    );
+    assert!(
+        end_ms + 120 >= heard.saturating_sub(100),
+        "audio_end_ms {end_ms} far below heard {heard}"
+    );
+    assert!(
+        end_ms >= 1000 - 120,
+        "audio_end_ms {end_ms}: barge-in came after 1000 ms heard"
+    );
+    // Order on the model's socket: cancel before truncate.
+    let events = fake.events();
+    let pos = |k: &str| events.iter().position(|e| e["type"] == k).unwrap();
+    assert!(pos("response.cancel") < pos("conversation.item.truncate"));
+
+    assert_eq!(bridge.metrics.bargeins.get(), 1);
+    assert_eq!(bridge.metrics.truncations_sent.get(), 1);
+    assert!(
+        bridge.metrics.dropped_out_stale.get() >= 1,
+        "late deltas must be dropped"
+    );
+    assert_eq!(bridge.metrics.bargein_latency.count(), 1);
+    let tag = if dialect == Dialect::Beta {
+        "beta"
+    } else {
+        "ga"
+    };
+    save_client_events(name, tag, &events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_ga_pcm16() {
+    barge_in(Dialect::Ga, AudioMode::Pcm16, "barge_in_ga_pcm16").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_beta_pcmu() {
+    barge_in(Dialect::Beta, AudioMode::Pcmu, "barge_in_beta_pcmu").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hangs_up_mid_response_closes_the_model_socket() {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 5000,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let sid = call_sid(3);
+    let (ws, token) = bridge.connect(&sid).await;
+    let mut script = CallerScript::new(
+        &sid,
+        &token,
+        fixture("speech.ulaw"),
+        Duration::from_secs(20),
+    );
+    script.end_after_first_answer = Some(Duration::from_millis(300));
+    script.hang_up = true;
+    let log = run_caller(ws, script).await;
+    assert!(log.first_answer_at.is_some());
+    wait_until("model socket closed", || {
+        fake.record.lock().unwrap().closed_by_client == 1
+    })
+    .await;
+    wait_until("call counted", || {
+        bridge.metrics.calls_total(Outcome::CallerGone) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn benign_errors_do_not_end_the_call_and_fatal_ones_do() {
+    let benign = json!({"type":"error","error":{"type":"invalid_request_error","code":"response_cancel_not_active","message":"x","param":null,"event_id":null}});
+    let unknown = json!({"type":"some.future_event","payload":{"x":[1,2]}});
+    let fatal = json!({"type":"error","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes.","param":null,"event_id":null}});
+    let fake = FakeRealtime::start(Script {
+        after_session: vec![benign.clone(), unknown, benign, fatal],
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let sid = call_sid(4);
+    let (ws, token) = bridge.connect(&sid).await;
+    let log = run_caller(
+        ws,
+        CallerScript::new(&sid, &token, vec![0xFF; 8000], Duration::from_secs(5)),
+    )
+    .await;
+    // The fatal error ended the call cleanly, after the benign ones were ignored.
+    assert_eq!(log.close_code, Some(1000));
+    wait_until("call counted", || {
+        bridge.metrics.calls_total(Outcome::UpstreamFailed) == 1
+    })
+    .await;
+    assert_eq!(bridge.metrics.errors("realtime_fatal"), 1);
+    assert_eq!(bridge.metrics.errors("realtime_error"), 0);
+}
+
+#[tokio::test]
+async fn model_socket_lost_ends_the_call_cleanly() {
+    let fake = FakeRealtime::start(Script {
+        close_after_events: Some(20),
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let sid = call_sid(5);
+    let (ws, token) = bridge.connect(&sid).await;
+    let log = run_caller(
+        ws,
+        CallerScript::new(&sid, &token, vec![0xFF; 16000], Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!(log.close_code, Some(1000));
+    wait_until("call counted", || {
+        bridge.metrics.calls_total(Outcome::UpstreamFailed) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_or_wrong_signatures_get_403_and_open_no_session() {
+    let fake = FakeRealtime::start(Script::default()).await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let sid = call_sid(6);
+    let params = fake_twilio::voice_params(&sid);
+    let url = format!("{}/voice", bridge.public_url);
+
+    let (status, _) = fake_twilio::post_form(bridge.addr, "/voice", &params, None).await;
+    assert_eq!(status, 403);
+    let wrong = fake_twilio::sign("not-the-token", &url, &params);
+    let (status, _) = fake_twilio::post_form(bridge.addr, "/voice", &params, Some(&wrong)).await;
+    assert_eq!(status, 403);
+    // Signed, then a parameter changed on the way.
+    let good = fake_twilio::sign(AUTH_TOKEN, &url, &params);
+    let mut tampered = params.clone();
+    tampered[5] = ("From", "+19005550123");
+    let (status, _) = fake_twilio::post_form(bridge.addr, "/voice", &tampered, Some(&good)).await;
+    assert_eq!(status, 403);
+    // Signed for another host: the URL is rebuilt from public_url, not Host.
+    let other = fake_twilio::sign(AUTH_TOKEN, "https://evil.example.com/voice", &params);
+    let (status, _) = fake_twilio::post_form(bridge.addr, "/voice", &params, Some(&other)).await;
+    assert_eq!(status, 403);
+    let (status, _) = fake_twilio::post_form(bridge.addr, "/stream-status", &params, None).await;
+    assert_eq!(status, 403);
+
+    let (stream_url, _) = bridge.answer(&sid).await;
+    assert_eq!(stream_url, format!("ws://{}/media", bridge.addr));
+    assert_eq!(
+        fake_twilio::open_stream(&stream_url, None).await.err(),
+        Some(403)
+    );
+    let wrong = fake_twilio::sign("not-the-token", &stream_url, &[]);
+    assert_eq!(
+        fake_twilio::open_stream(&stream_url, Some(&wrong))
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(fake.record.lock().unwrap().sessions, 0);
+    assert_eq!(bridge.metrics.errors("bad_signature"), 7);
+}
+
+#[tokio::test]
+async fn twiml_answer_has_the_documented_shape() {
+    let fake = FakeRealtime::start(Script::default()).await;
+    let bridge = Bridge::start(&fake.url(), |c| {
+        c.twilio.fallback_say = "Sorry & goodbye".into()
+    })
+    .await;
+    let sid = call_sid(7);
+    let params = fake_twilio::voice_params(&sid);
+    let sig = fake_twilio::sign(AUTH_TOKEN, &format!("{}/voice", bridge.public_url), &params);
+    let (status, body) = fake_twilio::post_form(bridge.addr, "/voice", &params, Some(&sig)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"),
+        "{body}"
+    );
+    let connect = body.find("<Connect>").unwrap();
+    let stream = body
+        .find(&format!("<Stream url=\"ws://{}/media\"", bridge.addr))
+        .unwrap();
+    let status_cb = body
+        .find(&format!(
+            "statusCallback=\"http://{}/stream-status\"",
+            bridge.addr
+        ))
+        .unwrap();
+    let end = body.find("</Connect>").unwrap();
+    let say = body.find("<Say>Sorry &amp; goodbye</Say>").unwrap();
+    assert!(
+        connect < stream && stream < status_cb && status_cb < end && end < say,
+        "{body}"
+    );
+}
+
+/// Opens a signed stream and sends `connected` + a `start` of our making.
+async fn start_with(bridge: &Bridge, start: Value) -> Option<u16> {
+    let (stream_url, _) = bridge.answer(&call_sid(9)).await;
+    let sig = fake_twilio::sign(AUTH_TOKEN, &stream_url, &[]);
+    let mut ws = fake_twilio::open_stream(&stream_url, Some(&sig))
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        json!({"event":"connected","protocol":"Call","version":"1.0.0"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    if !start.is_null() {
+        ws.send(Message::Text(start.to_string().into()))
+            .await
+            .unwrap();
+    }
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the bridge must close the stream");
+    close
+}
+
+fn start_msg(call_sid: &str, token: &str, encoding: &str) -> Value {
+    json!({"event":"start","sequenceNumber":"1","streamSid":fake_twilio::STREAM_SID,
+           "start":{"accountSid":fake_twilio::ACCOUNT_SID,"streamSid":fake_twilio::STREAM_SID,"callSid":call_sid,
+                    "tracks":["inbound"],"mediaFormat":{"encoding":encoding,"sampleRate":8000,"channels":1},
+                    "customParameters":{"token":token}}})
+}
+
+#[tokio::test]
+async fn bad_token_wrong_format_and_late_start_close_with_1008() {
+    let fake = FakeRealtime::start(Script::default()).await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let sid = call_sid(9);
+    let (_, token) = bridge.answer(&sid).await;
+
+    // A token issued for this call, presented for another.
+    let (_, other_token) = bridge.answer(&call_sid(10)).await;
+    assert_eq!(
+        start_with(&bridge, start_msg(&sid, &other_token, "audio/x-mulaw")).await,
+        Some(1008)
+    );
+    // Garbage token, missing token.
+    assert_eq!(
+        start_with(
+            &bridge,
+            start_msg(&sid, "v1.99999999999.AAAA", "audio/x-mulaw")
+        )
+        .await,
+        Some(1008)
+    );
+    let mut no_token = start_msg(&sid, &token, "audio/x-mulaw");
+    no_token["start"]["customParameters"] = json!({});
+    assert_eq!(start_with(&bridge, no_token).await, Some(1008));
+    // Wrong media format.
+    assert_eq!(
+        start_with(&bridge, start_msg(&sid, &token, "audio/x-alaw")).await,
+        Some(1008)
+    );
+    // No start within 5 s.
+    assert_eq!(start_with(&bridge, Value::Null).await, Some(1008));
+
+    assert_eq!(
+        fake.record.lock().unwrap().sessions,
+        0,
+        "no model session for a refused stream"
+    );
+    assert_eq!(bridge.metrics.calls_total(Outcome::Unauthorized), 5);
+}
+
+#[tokio::test]
+async fn invalid_frames_are_counted_and_a_burst_closes_the_call() {
+    let fake = FakeRealtime::start(Script::default()).await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let sid = call_sid(11);
+    let (mut ws, token) = bridge.connect(&sid).await;
+    let send = |v: String| Message::Text(v.into());
+    ws.send(send(
+        json!({"event":"connected","protocol":"Call","version":"1.0.0"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws.send(send(start_msg(&sid, &token, "audio/x-mulaw").to_string()))
+        .await
+        .unwrap();
+    // A few bad frames: dropped and counted, the call goes on.
+    ws.send(send("not json".into())).await.unwrap();
+    ws.send(send(
+        json!({"event":"media","media":{"payload":"!!!not base64"}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws.send(send(json!({"event":"party"}).to_string()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    ws.send(send(
+        json!({"event":"media","media":{"payload":"x".repeat(70_000)}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    ws.send(send(
+        json!({"event":"media","sequenceNumber":"3","media":{"payload":"/////w=="}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    wait_until("append relayed", || {
+        !fake.events_of("input_audio_buffer.append").is_empty()
+    })
+    .await;
+    let m = &bridge.metrics;
+    let text = m.encode();
+    for reason in [
+        "malformed",
+        "bad_base64",
+        "unknown_event",
+        "binary",
+        "oversize",
+    ] {
+        let line = format!(
+            "callbridge_messages_rejected_total{{source=\"twilio\",reason=\"{reason}\"}} 1"
+        );
+        assert!(text.contains(&line), "missing {line}");
+    }
+    // A burst ends it with 1008.
+    for _ in 0..40 {
+        if ws.send(send("{".into())).await.is_err() {
+            break;
+        }
+    }
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(close, Some(1008));
+    wait_until("call counted", || {
+        m.calls_total(Outcome::ProtocolError) == 1
+    })
+    .await;
+    wait_until("model socket closed", || {
+        fake.record.lock().unwrap().closed_by_client == 1
+    })
+    .await;
+}

@@ -1,0 +1,109 @@
+//! Test doubles for both peers of the bridge, and a harness that starts the
+//! real server on 127.0.0.1:0.
+#![allow(dead_code)]
+
+pub mod fake_realtime;
+pub mod fake_twilio;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use callbridge::config::{Config, Dialect, Secret, Secrets};
+use callbridge::metrics::Metrics;
+use callbridge::server::Server;
+use tokio::sync::oneshot;
+
+pub const AUTH_TOKEN: &str = "test-auth-token-0123456789";
+pub const API_KEY: &str = "sk-test-not-a-real-key";
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+pub struct Bridge {
+    pub addr: SocketAddr,
+    pub metrics: Metrics,
+    pub public_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Bridge {
+    /// Starts `callbridge serve`'s server on 127.0.0.1:0 against `realtime_url`.
+    pub async fn start(realtime_url: &str, tweak: impl FnOnce(&mut Config)) -> Bridge {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config {
+            public_url: Some(format!("http://{addr}")),
+            ..Config::default()
+        };
+        config.realtime.url = realtime_url.to_owned();
+        config.realtime.dialect = Dialect::Ga;
+        tweak(&mut config);
+        config.validate().unwrap();
+        let secrets = Secrets {
+            twilio_auth_token: Some(Secret::new(AUTH_TOKEN)),
+            openai_api_key: Some(Secret::new(API_KEY)),
+            ..Secrets::default()
+        };
+        let metrics = Metrics::new();
+        let server = Server::new(config, secrets, metrics.clone()).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Bridge {
+            addr,
+            metrics,
+            public_url: format!("http://{addr}"),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Starts the drain (like SIGTERM).
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// POSTs the signed webhook and returns (stream url, token).
+    pub async fn answer(&self, call_sid: &str) -> (String, String) {
+        let params = fake_twilio::voice_params(call_sid);
+        let url = format!("{}/voice", self.public_url);
+        let sig = fake_twilio::sign(AUTH_TOKEN, &url, &params);
+        let (status, body) = fake_twilio::post_form(self.addr, "/voice", &params, Some(&sig)).await;
+        assert_eq!(status, 200, "{body}");
+        fake_twilio::parse_twiml(&body).unwrap_or_else(|| panic!("no stream in {body}"))
+    }
+
+    /// Answers and opens the signed stream.
+    pub async fn connect(&self, call_sid: &str) -> (fake_twilio::Ws, String) {
+        let (stream_url, token) = self.answer(call_sid).await;
+        let sig = fake_twilio::sign(AUTH_TOKEN, &stream_url, &[]);
+        let ws = fake_twilio::open_stream(&stream_url, Some(&sig))
+            .await
+            .unwrap();
+        (ws, token)
+    }
+}
+
+/// Saves the client events a test saw, for the conformance check against
+/// the official `openai` package (conformance/check_client_events.py).
+pub fn save_client_events(test: &str, dialect: &str, events: &[serde_json::Value]) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/conformance");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    std::fs::write(dir.join(format!("{test}.{dialect}.jsonl")), body).unwrap();
+}
