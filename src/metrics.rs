@@ -450,14 +450,46 @@ impl Metrics {
         self.errors_total.get_or_create(&[("kind", kind)]).get()
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    ///
+    /// prometheus-client writes OpenMetrics, where a counter's family is
+    /// named without `_total` and `# UNIT`/`# EOF` lines appear. Prometheus
+    /// scrapes that fine, but the classic text format is what every tool
+    /// reads (promtool checks it), so the few differing lines are rewritten.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(16 << 10);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
+        let mut om = String::with_capacity(16 << 10);
+        if prometheus_client::encoding::text::encode(&mut om, &self.registry).is_err() {
+            return String::new();
         }
-        out
+        to_prometheus_text(&om)
     }
+}
+
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 256);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,202 @@
+//! Operations: health, readiness, metrics (checked by promtool), admission
+//! control and the SIGTERM drain, against the real server on 127.0.0.1:0.
+
+mod support;
+
+use std::time::Duration;
+
+use callbridge::metrics::Outcome;
+use support::fake_realtime::{FakeRealtime, Script};
+use support::fake_twilio::{self, run_caller, CallerScript};
+use support::{fixture, Bridge, AUTH_TOKEN};
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_after_a_call() {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 800,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let sid = format!("CA{:032x}", 77);
+    let (ws, token) = bridge.connect(&sid).await;
+    let mut script = CallerScript::new(
+        &sid,
+        &token,
+        fixture("speech.ulaw"),
+        Duration::from_secs(12),
+    );
+    script.end_after_first_answer = Some(Duration::from_millis(500));
+    run_caller(ws, script).await;
+    wait_until("call counted", || {
+        bridge.metrics.calls_total(Outcome::Completed) == 1
+    })
+    .await;
+
+    let (status, body) = fake_twilio::get(bridge.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("callbridge_calls_total{outcome=\"completed\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("callbridge_frames_total{direction=\"inbound\"}"));
+    assert!(
+        body.contains("callbridge_turn_latency_seconds_count 1"),
+        "{body}"
+    );
+
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "promtool says:\n{said}"
+            );
+        }
+        Err(_) if std::env::var_os("CI").is_some() => panic!("promtool is required in CI"),
+        Err(_) => eprintln!("promtool not installed: skipping `promtool check metrics`"),
+    }
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let fake = FakeRealtime::start(Script::default()).await;
+    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    assert_eq!(fake_twilio::get(bridge.addr, "/healthz").await.0, 200);
+    assert_eq!(fake_twilio::get(bridge.addr, "/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_calls_callers_get_busy_and_live_calls_are_untouched() {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 500,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |c| c.max_calls = 1).await;
+    let sid = format!("CA{:032x}", 1);
+    let (ws, token) = bridge.connect(&sid).await;
+    let live = tokio::spawn(run_caller(
+        ws,
+        CallerScript::new(&sid, &token, fixture("speech.ulaw"), Duration::from_secs(3)),
+    ));
+    wait_until("first call admitted", || {
+        bridge.metrics.calls_active.get() == 1
+    })
+    .await;
+
+    let (status, _) = fake_twilio::get(bridge.addr, "/readyz").await;
+    assert_eq!(status, 503);
+    let sid2 = format!("CA{:032x}", 2);
+    let params = fake_twilio::voice_params(&sid2);
+    let sig = fake_twilio::sign(AUTH_TOKEN, &format!("{}/voice", bridge.public_url), &params);
+    let (status, body) = fake_twilio::post_form(bridge.addr, "/voice", &params, Some(&sig)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<Reject reason=\"busy\"/>"), "{body}");
+    // A stream that got a token earlier is refused at the upgrade too.
+    let url = format!("ws://{}/media", bridge.addr);
+    let sig = fake_twilio::sign(AUTH_TOKEN, &url, &[]);
+    assert_eq!(
+        fake_twilio::open_stream(&url, Some(&sig)).await.err(),
+        Some(503)
+    );
+
+    let log = live.await.unwrap();
+    assert_eq!(log.close_code, Some(1000), "the live call ended normally");
+    wait_until("slot released", || bridge.metrics.calls_active.get() == 0).await;
+    assert_eq!(fake_twilio::get(bridge.addr, "/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_new_calls_and_lets_live_ones_finish() {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 500,
+        ..Script::default()
+    })
+    .await;
+    let mut bridge = Bridge::start(&fake.url(), |c| c.drain_timeout = 30).await;
+    let sid = format!("CA{:032x}", 3);
+    let (ws, token) = bridge.connect(&sid).await;
+    let live = tokio::spawn(run_caller(
+        ws,
+        CallerScript::new(&sid, &token, fixture("speech.ulaw"), Duration::from_secs(3)),
+    ));
+    wait_until("call admitted", || bridge.metrics.calls_active.get() == 1).await;
+    bridge.shutdown();
+    wait_until("draining", || bridge.metrics.draining.get() == 1).await;
+
+    assert_eq!(fake_twilio::get(bridge.addr, "/readyz").await.0, 503);
+    let sid2 = format!("CA{:032x}", 4);
+    let params = fake_twilio::voice_params(&sid2);
+    let sig = fake_twilio::sign(AUTH_TOKEN, &format!("{}/voice", bridge.public_url), &params);
+    let (_, body) = fake_twilio::post_form(bridge.addr, "/voice", &params, Some(&sig)).await;
+    assert!(body.contains("<Reject reason=\"busy\"/>"), "{body}");
+    assert!(
+        !bridge.task.is_finished(),
+        "the server waits for the live call"
+    );
+
+    let log = live.await.unwrap();
+    assert_eq!(log.close_code, Some(1000), "the live call ran to its end");
+    tokio::time::timeout(Duration::from_secs(5), &mut bridge.task)
+        .await
+        .expect("server stops once the last call ends")
+        .unwrap();
+    assert_eq!(bridge.metrics.calls_total(Outcome::Completed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_closes_calls_that_outlive_it() {
+    let fake = FakeRealtime::start(Script::default()).await;
+    let mut bridge = Bridge::start(&fake.url(), |c| c.drain_timeout = 1).await;
+    let sid = format!("CA{:032x}", 5);
+    let (ws, token) = bridge.connect(&sid).await;
+    let live = tokio::spawn(run_caller(
+        ws,
+        CallerScript::new(&sid, &token, vec![0xFF; 800], Duration::from_secs(20)),
+    ));
+    wait_until("call admitted", || bridge.metrics.calls_active.get() == 1).await;
+    bridge.shutdown();
+    let log = tokio::time::timeout(Duration::from_secs(10), live)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.close_code, Some(1001));
+    tokio::time::timeout(Duration::from_secs(10), &mut bridge.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bridge.metrics.calls_total(Outcome::Drained), 1);
+    wait_until("model socket closed", || {
+        fake.record.lock().unwrap().closed_by_client == 1
+    })
+    .await;
+}
