@@ -210,13 +210,15 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
-            figment = figment.merge(Toml::string(&text));
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(env_provider(env));
+        figment = figment.merge(EnvLayer(env_dict(env)));
         let config: Config = figment.extract().map_err(from_figment)?;
         config.validate()?;
         Ok(config)
@@ -296,7 +298,7 @@ impl Config {
 
 /// `CALLBRIDGE_REALTIME__URL` → `realtime.url`; `CALLBRIDGE_MAX_CALLS` → `max_calls`.
 /// `CALLBRIDGE_CONFIG` names the file and is not a key.
-fn env_provider(env: &HashMap<String, String>) -> Serialized<figment::value::Dict> {
+fn env_dict(env: &HashMap<String, String>) -> figment::value::Dict {
     let mut root = figment::value::Dict::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("CALLBRIDGE_") else {
@@ -308,7 +310,21 @@ fn env_provider(env: &HashMap<String, String>) -> Serialized<figment::value::Dic
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         insert_path(&mut root, &path, parse_env_value(value));
     }
-    Serialized::defaults(root)
+    root
+}
+
+/// The environment layer, named so that errors say where a value came from.
+struct EnvLayer(figment::value::Dict);
+
+impl figment::Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("CALLBRIDGE_* environment")
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
 }
 
 /// Environment values are strings; read them the way figment's `Env` does
@@ -341,12 +357,7 @@ fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment:
 }
 
 fn from_figment(err: figment::Error) -> ConfigError {
-    let mut path = err.path.clone();
-    // serde reports an unknown field at its parent; name the field itself.
-    if let figment::error::Kind::UnknownField(field, _) = &err.kind {
-        path.push(field.clone());
-    }
-    let key = path.join(".");
+    let key = err.path.join(".");
     let mut reason = err.kind.to_string();
     if let Some(source) = err.metadata.as_ref().map(|m| m.name.to_string()) {
         if !source.is_empty() {

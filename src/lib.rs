@@ -23,12 +23,18 @@
 //!   per-frame path.
 //! - [`server`]: the axum server: `/voice`, `/media`, `/stream-status`,
 //!   `/metrics`, `/healthz`, `/readyz`; admission control and graceful drain.
+//! - [`sim`]: the simulated Twilio side (signed webhook, Media Stream, real-time
+//!   playout and mark echoes) behind `callbridge call` and `callbridge loadtest`.
+//! - [`echo`]: `echo-realtime`, a local Realtime-protocol peer (a test tool,
+//!   not a model) for smoke tests, the demo and load tests.
 #![forbid(unsafe_code)]
 
 pub mod audio;
 pub mod call;
 pub mod config;
+pub mod echo;
 pub mod metrics;
 pub mod realtime;
 pub mod server;
+pub mod sim;
 pub mod twilio;

@@ -510,7 +510,7 @@ mod tests {
         let text = m.encode();
         assert!(
             text.contains(
-                "callbridge_relay_latency_seconds_bucket{direction=\"inbound\",le=\"0.0025\"} 1"
+                "callbridge_relay_latency_seconds_bucket{le=\"0.0025\",direction=\"inbound\"} 1"
             ),
             "{text}"
         );
@@ -542,7 +542,7 @@ mod tests {
             "callbridge_turn_latency_seconds_bucket",
             "callbridge_first_audio_seconds_bucket",
             "callbridge_bargein_latency_seconds_bucket",
-            "callbridge_relay_latency_seconds_bucket{direction=\"outbound\"",
+            "callbridge_relay_latency_seconds_count{direction=\"outbound\"}",
             "callbridge_upstream_connect_seconds_bucket",
             "callbridge_call_duration_seconds_bucket",
             "callbridge_playout_lead_seconds_bucket",

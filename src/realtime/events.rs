@@ -132,22 +132,34 @@ pub enum EventError {
 struct RawEvent<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
     delta: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
     item_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
     response_id: Option<Cow<'a, str>>,
     #[serde(default)]
     audio_start_ms: Option<u64>,
     #[serde(default)]
     audio_end_ms: Option<u64>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
     transcript: Option<Cow<'a, str>>,
     #[serde(default)]
     response: Option<RawResponse>,
     #[serde(default)]
     error: Option<ApiError>,
+}
+
+/// serde never borrows through `Option<Cow<str>>` on its own (it always
+/// allocates); a newtype with `#[serde(borrow)]` does, which keeps audio
+/// deltas uncopied.
+fn opt_cow<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
 #[derive(Deserialize)]
