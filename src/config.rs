@@ -359,9 +359,10 @@ fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment:
 fn from_figment(err: figment::Error) -> ConfigError {
     let key = err.path.join(".");
     let mut reason = err.kind.to_string();
-    if let Some(source) = err.metadata.as_ref().map(|m| m.name.to_string()) {
-        if !source.is_empty() {
-            reason = format!("{reason} (from {source})");
+    if let Some(meta) = err.metadata.as_ref() {
+        match &meta.source {
+            Some(source) => reason = format!("{reason} (from {} {source})", meta.name),
+            None => reason = format!("{reason} (from {})", meta.name),
         }
     }
     if key.is_empty() {
