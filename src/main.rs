@@ -1,6 +1,7 @@
 //! The `callbridge` command line: parses arguments and calls the library.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use callbridge::config::{Config, LogFormat, Secrets};
+use callbridge::echo::{EchoMode, EchoOptions};
 use callbridge::metrics::Metrics;
 use callbridge::server::Server;
 
@@ -30,10 +32,26 @@ enum Command {
         #[arg(long, env = "CALLBRIDGE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Place a simulated Twilio call against a running bridge (signed with TWILIO_AUTH_TOKEN when set).
+    Call(callbridge::sim::cli::CallArgs),
+    /// N concurrent simulated calls in real time: relay latency, lost/late frames, bridge CPU and memory.
+    Loadtest(callbridge::sim::cli::LoadtestArgs),
     /// Audio tools that use exactly the code calls use.
     Audio {
         #[command(subcommand)]
         command: AudioCommand,
+    },
+    /// A local Realtime-protocol peer (a test tool, not a model): detects speech by energy and speaks the caller's words back.
+    ///
+    /// Point the bridge at it with realtime.url = ws://ADDR/v1/realtime (any path works;
+    /// send `OpenAI-Beta: realtime=v1` for beta event names). No API key, no network.
+    EchoRealtime {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// What to do with the caller's audio.
+        #[arg(long, value_enum, default_value = "turn")]
+        mode: EchoMode,
     },
 }
 
@@ -77,6 +95,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => serve(config),
+        Command::Call(args) => callbridge::sim::cli::call(args),
+        Command::Loadtest(args) => callbridge::sim::cli::loadtest(args),
+        Command::EchoRealtime { listen, mode } => echo_realtime(listen, mode),
     }
 }
 
@@ -117,6 +138,29 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
         server.run(listener, shutdown_signal()).await?;
         tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn echo_realtime(listen: SocketAddr, mode: EchoMode) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text, "info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding listen address {listen}"))?;
+        println!(
+            "echo-realtime listening on ws://{}/v1/realtime",
+            listener.local_addr()?
+        );
+        let options = EchoOptions {
+            mode,
+            ..EchoOptions::default()
+        };
+        callbridge::echo::serve(listener, options, shutdown_signal()).await?;
         anyhow::Ok(())
     })
 }

@@ -256,10 +256,24 @@ fn twiml_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
 }
 
-fn forbidden(shared: &Shared, what: &'static str) -> Response {
+fn forbidden(shared: &Shared, path: &str) -> Response {
     shared.metrics.error("bad_signature");
-    tracing::warn!(endpoint = what, "missing or invalid X-Twilio-Signature");
+    tracing::warn!(endpoint = path, "missing or invalid X-Twilio-Signature");
     (StatusCode::FORBIDDEN, "invalid signature\n").into_response()
+}
+
+/// A Twilio form POST's parameters, if its signature checks out.
+fn signed_form(
+    shared: &Shared,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Vec<(String, String)>> {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let url = shared.signed_url(shared.public.scheme(), uri);
+    shared
+        .check_signature(headers, &url, &params)
+        .then_some(params)
 }
 
 /// Twilio's voice webhook: answers with a `<Connect><Stream>` carrying a
@@ -270,11 +284,9 @@ async fn voice(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let url = shared.signed_url(shared.public.scheme(), &uri);
-    if !shared.check_signature(&headers, &url, &params) {
-        return forbidden(&shared, "/voice");
-    }
+    let Some(params) = signed_form(&shared, &uri, &headers, &body) else {
+        return forbidden(&shared, uri.path());
+    };
     let Some(call_sid) = params
         .iter()
         .find(|(k, _)| k == "CallSid")
@@ -315,11 +327,9 @@ async fn stream_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let url = shared.signed_url(shared.public.scheme(), &uri);
-    if !shared.check_signature(&headers, &url, &params) {
-        return forbidden(&shared, "/stream-status");
-    }
+    let Some(params) = signed_form(&shared, &uri, &headers, &body) else {
+        return forbidden(&shared, uri.path());
+    };
     let get = |name: &str| {
         params
             .iter()

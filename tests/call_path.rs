@@ -8,25 +8,15 @@ use std::time::Duration;
 use callbridge::audio::AudioMode;
 use callbridge::config::Dialect;
 use callbridge::metrics::Outcome;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use support::fake_realtime::{FakeRealtime, Script};
 use support::fake_twilio::{self, run_caller, CallerScript};
-use support::{fixture, save_client_events, Bridge, API_KEY, AUTH_TOKEN};
+use support::{close_code, fixture, save_client_events, wait_until, Bridge, API_KEY, AUTH_TOKEN};
 use tokio_tungstenite::tungstenite::Message;
 
 fn call_sid(n: u32) -> String {
     format!("CA{n:032x}")
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// One whole turn: the caller speaks the fixture, the model answers, the
@@ -111,12 +101,7 @@ async fn full_turn(dialect: Dialect, mode: AudioMode, name: &str) {
             assert_eq!(header("authorization"), None);
         }
     }
-    let tag = if dialect == Dialect::Beta {
-        "beta"
-    } else {
-        "ga"
-    };
-    save_client_events(name, tag, &events);
+    save_client_events(name, dialect, &events);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,12 +204,7 @@ async fn barge_in(dialect: Dialect, mode: AudioMode, name: &str) {
         "late deltas must be dropped"
     );
     assert_eq!(bridge.metrics.bargein_latency.count(), 1);
-    let tag = if dialect == Dialect::Beta {
-        "beta"
-    } else {
-        "ga"
-    };
-    save_client_events(name, tag, &events);
+    save_client_events(name, dialect, &events);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,17 +393,7 @@ async fn start_with(bridge: &Bridge, start: Value) -> Option<u16> {
             .await
             .unwrap();
     }
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(m)) = ws.next().await {
-            if let Message::Close(f) = m {
-                return f.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    })
-    .await
-    .expect("the bridge must close the stream");
-    close
+    close_code(&mut ws).await
 }
 
 fn start_msg(call_sid: &str, token: &str, encoding: &str) -> Value {
@@ -536,17 +506,7 @@ async fn invalid_frames_are_counted_and_a_burst_closes_the_call() {
             break;
         }
     }
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(m)) = ws.next().await {
-            if let Message::Close(f) = m {
-                return f.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    })
-    .await
-    .unwrap();
-    assert_eq!(close, Some(1008));
+    assert_eq!(close_code(&mut ws).await, Some(1008));
     wait_until("call counted", || {
         m.calls_total(Outcome::ProtocolError) == 1
     })

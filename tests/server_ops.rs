@@ -8,17 +8,7 @@ use std::time::Duration;
 use callbridge::metrics::Outcome;
 use support::fake_realtime::{FakeRealtime, Script};
 use support::fake_twilio::{self, run_caller, CallerScript};
-use support::{fixture, Bridge, AUTH_TOKEN};
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use support::{fixture, wait_until, Bridge, AUTH_TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_after_a_call() {

@@ -99,9 +99,40 @@ impl Bridge {
     }
 }
 
+/// Polls `cond` every 20 ms for up to 6 s.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Reads until the bridge closes the stream; its close code.
+pub async fn close_code(ws: &mut fake_twilio::Ws) -> Option<u16> {
+    use futures_util::StreamExt;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Close(f) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    });
+    closed.await.expect("the bridge must close the stream")
+}
+
 /// Saves the client events a test saw, for the conformance check against
 /// the official `openai` package (conformance/check_client_events.py).
-pub fn save_client_events(test: &str, dialect: &str, events: &[serde_json::Value]) {
+/// `dialect` picks the SDK models: the beta dialect's, or GA's (GA and Azure).
+pub fn save_client_events(test: &str, dialect: Dialect, events: &[serde_json::Value]) {
+    let dialect = if dialect == Dialect::Beta {
+        "beta"
+    } else {
+        "ga"
+    };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/conformance");
     std::fs::create_dir_all(&dir).unwrap();
     let body: String = events.iter().map(|e| format!("{e}\n")).collect();
