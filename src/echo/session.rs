@@ -1,0 +1,1748 @@
+//! One echo-realtime session as a pure state machine: client event text in,
+//! server event text out, time passed in as an argument.
+//!
+//! Keeping the socket out of here means the protocol logic can be read (and
+//! reasoned about) without any async plumbing: [`super`] owns the socket and
+//! calls [`Session::on_text`] for each message, [`Session::on_tick`] when
+//! [`Session::next_due`] comes, and sends whatever is in [`Session::out`].
+//!
+//! The event shapes follow PROTOCOLS.md §2 and the openai-python models, not
+//! the bridge's own parser (`realtime::events`): the peer exists to check the
+//! bridge, so it must not share the bridge's assumptions.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::vad::{Vad, VadEvent, START_WINDOWS, TICKS_PER_MS, WINDOW_MS};
+use super::{Dialect, EchoMode, EchoOptions};
+use crate::audio::g711;
+use crate::audio::resample::{Downsampler, Upsampler};
+
+/// Sizes of successive audio deltas of a turn response, cycled. The real
+/// service sends deltas of irregular sizes; a bridge that assumes one size
+/// (say, 20 ms frames) should fail against this peer, not in production.
+const CHUNK_MS: [usize; 4] = [20, 40, 100, 60];
+
+/// Audio kept after the last loud window when a turn is spoken back: word
+/// endings fade below the VAD threshold, and cutting them off sounds clipped.
+const TAIL_MS: u64 = 100;
+
+/// The longest turn kept (and spoken back). Bounds memory per session when a
+/// caller never stops talking, or a client never commits in manual mode.
+const MAX_CAPTURE_MS: u64 = 30_000;
+
+/// The shortest buffer `input_audio_buffer.commit` accepts, as on the real
+/// service (its error `input_audio_buffer_commit_empty` says "at least 100ms").
+const MIN_COMMIT_MS: u64 = 100;
+
+/// Assistant and user items remembered for `conversation.item.truncate` and
+/// `.delete`. A bridge only ever truncates the item that was just playing.
+const MAX_ITEMS: usize = 32;
+
+/// Stand-in token accounting for `usage`: one audio token per 100 ms.
+const MS_PER_AUDIO_TOKEN: u64 = 100;
+
+/// An audio format of the session, input or output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// PCM16 little-endian mono, 24 kHz (GA `audio/pcm`, beta `pcm16`).
+    Pcm16,
+    /// G.711 μ-law, 8 kHz (GA `audio/pcmu`, beta `g711_ulaw`).
+    Pcmu,
+}
+
+impl Format {
+    fn ticks_per_sample(self) -> u64 {
+        match self {
+            Format::Pcm16 => 1,
+            Format::Pcmu => 3,
+        }
+    }
+
+    fn bytes_per_sample(self) -> usize {
+        match self {
+            Format::Pcm16 => 2,
+            Format::Pcmu => 1,
+        }
+    }
+
+    fn bytes_per_ms(self) -> usize {
+        match self {
+            Format::Pcm16 => 48,
+            Format::Pcmu => 8,
+        }
+    }
+
+    /// Microseconds of audio in `bytes` of this format.
+    fn micros(self, bytes: usize) -> u64 {
+        match self {
+            Format::Pcm16 => bytes as u64 * 1_000_000 / 48_000,
+            Format::Pcmu => bytes as u64 * 125,
+        }
+    }
+
+    fn ga_json(self) -> Value {
+        match self {
+            Format::Pcm16 => json!({"type": "audio/pcm", "rate": 24000}),
+            Format::Pcmu => json!({"type": "audio/pcmu"}),
+        }
+    }
+
+    fn beta_name(self) -> &'static str {
+        match self {
+            Format::Pcm16 => "pcm16",
+            Format::Pcmu => "g711_ulaw",
+        }
+    }
+}
+
+/// Event names that differ between the dialects (PROTOCOLS.md §2.4).
+struct Names {
+    audio_delta: &'static str,
+    audio_done: &'static str,
+    transcript_delta: &'static str,
+    transcript_done: &'static str,
+    item_added: &'static str,
+    /// GA follows `conversation.item.added` with `.done`; beta has no such event.
+    item_done: Option<&'static str>,
+    /// Content type of an assistant audio part inside an item.
+    output_audio_content: &'static str,
+}
+
+static GA_NAMES: Names = Names {
+    audio_delta: "response.output_audio.delta",
+    audio_done: "response.output_audio.done",
+    transcript_delta: "response.output_audio_transcript.delta",
+    transcript_done: "response.output_audio_transcript.done",
+    item_added: "conversation.item.added",
+    item_done: Some("conversation.item.done"),
+    output_audio_content: "output_audio",
+};
+
+static BETA_NAMES: Names = Names {
+    audio_delta: "response.audio.delta",
+    audio_done: "response.audio.done",
+    transcript_delta: "response.audio_transcript.delta",
+    transcript_done: "response.audio_transcript.done",
+    item_added: "conversation.item.created",
+    item_done: None,
+    output_audio_content: "audio",
+};
+
+/// `turn_detection` as configured; `None` in [`Config`] means manual turns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TurnDetection {
+    kind: &'static str,
+    /// Echoed back in the session; the energy VAD uses its own threshold.
+    threshold: f64,
+    eagerness: Option<&'static str>,
+    prefix_padding_ms: u64,
+    silence_duration_ms: u64,
+    create_response: bool,
+    interrupt_response: bool,
+}
+
+impl Default for TurnDetection {
+    fn default() -> Self {
+        Self {
+            kind: "server_vad",
+            threshold: 0.5,
+            eagerness: None,
+            prefix_padding_ms: 300,
+            silence_duration_ms: 500,
+            create_response: true,
+            interrupt_response: true,
+        }
+    }
+}
+
+impl TurnDetection {
+    fn to_json(self, dialect: Dialect) -> Value {
+        let mut v = match self.eagerness {
+            Some(eagerness) => json!({"type": self.kind, "eagerness": eagerness}),
+            None => json!({
+                "type": self.kind,
+                "threshold": self.threshold,
+                "prefix_padding_ms": self.prefix_padding_ms,
+                "silence_duration_ms": self.silence_duration_ms,
+            }),
+        };
+        v["create_response"] = json!(self.create_response);
+        v["interrupt_response"] = json!(self.interrupt_response);
+        if dialect == Dialect::Ga && self.eagerness.is_none() {
+            v["idle_timeout_ms"] = Value::Null;
+        }
+        v
+    }
+}
+
+/// The session configuration that `session.update` changes.
+#[derive(Debug, Clone)]
+struct Config {
+    input: Format,
+    output: Format,
+    turn: Option<TurnDetection>,
+    /// The transcription settings as sent (`null`: no transcripts of the caller).
+    transcription: Value,
+    voice: String,
+    instructions: String,
+    tools: Value,
+    tool_choice: Value,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            input: Format::Pcm16,
+            output: Format::Pcm16,
+            turn: Some(TurnDetection::default()),
+            transcription: Value::Null,
+            voice: "echo".to_owned(),
+            instructions: String::new(),
+            tools: json!([]),
+            tool_choice: json!("auto"),
+        }
+    }
+}
+
+/// A client mistake, reported as an `error` event; the session goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ApiError {
+    code: &'static str,
+    message: String,
+    param: Option<String>,
+}
+
+impl ApiError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    fn missing(param: &str) -> Self {
+        Self::new(
+            "missing_required_parameter",
+            format!("Missing required parameter: '{param}'."),
+        )
+        .param(param)
+    }
+
+    fn invalid_type(param: &str, expected: &str) -> Self {
+        Self::new(
+            "invalid_type",
+            format!("Invalid type for '{param}': expected {expected}."),
+        )
+        .param(param)
+    }
+
+    fn invalid_value(param: &str, message: impl Into<String>) -> Self {
+        Self::new("invalid_value", message).param(param)
+    }
+
+    fn unknown_parameter(param: &str) -> Self {
+        Self::new(
+            "unknown_parameter",
+            format!("Unknown parameter: '{param}'."),
+        )
+        .param(param)
+    }
+}
+
+/// The input audio kept for the turn in progress: samples at the input
+/// format's rate, the first at tick `start`.
+#[derive(Debug)]
+struct Capture {
+    samples: Vec<i16>,
+    start: u64,
+    ticks_per_sample: u64,
+}
+
+impl Capture {
+    fn new(format: Format, start: u64) -> Self {
+        Self {
+            samples: Vec::new(),
+            start,
+            ticks_per_sample: format.ticks_per_sample(),
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.start + self.samples.len() as u64 * self.ticks_per_sample
+    }
+
+    fn index(&self, tick: u64) -> usize {
+        let i = tick.saturating_sub(self.start) / self.ticks_per_sample;
+        (i as usize).min(self.samples.len())
+    }
+
+    fn slice(&self, from: u64, to: u64) -> &[i16] {
+        let (a, b) = (self.index(from), self.index(to));
+        &self.samples[a..b.max(a)]
+    }
+
+    /// Drops samples before `tick`, but only once at least as many samples
+    /// would go as stay: each sample is then moved O(1) times on average,
+    /// whatever the frame size.
+    fn drop_before(&mut self, tick: u64) {
+        let n = self.index(tick);
+        if n > 0 && n >= self.samples.len() - n {
+            self.samples.drain(..n);
+            self.start += n as u64 * self.ticks_per_sample;
+        }
+    }
+
+    /// Keeps at most `MAX_CAPTURE_MS` (dropping in steps of a quarter of it).
+    fn cap(&mut self) {
+        let max = (MAX_CAPTURE_MS * TICKS_PER_MS / self.ticks_per_sample) as usize;
+        if self.samples.len() > max + max / 4 {
+            let n = self.samples.len() - max;
+            self.samples.drain(..n);
+            self.start += n as u64 * self.ticks_per_sample;
+        }
+    }
+}
+
+/// A committed user turn, kept so a response can speak it back.
+#[derive(Debug)]
+struct Turn {
+    samples: Vec<i16>,
+    format: Format,
+    ms: u64,
+}
+
+/// The response being generated.
+#[derive(Debug)]
+struct Response {
+    id: String,
+    item_id: String,
+    format: Format,
+    /// The whole answer in the output format (empty for a loopback response).
+    audio: Vec<u8>,
+    /// Bytes of `audio` sent (loopback: bytes of all deltas sent).
+    sent: usize,
+    chunk: usize,
+    /// Pacing origin: delta *k* is due at `origin + sent_before_k / speed`.
+    origin: Instant,
+    due: Instant,
+    transcript: String,
+    transcript_sent: usize,
+    loopback: bool,
+    input_ms: u64,
+}
+
+/// An item of the conversation, as far as truncate and delete need it.
+#[derive(Debug)]
+struct ItemRecord {
+    id: String,
+    /// Assistant audio: its format and the bytes of it sent.
+    audio: Option<(Format, usize)>,
+}
+
+/// Counters for the session's end-of-session log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Stats {
+    pub(crate) frames_in: u64,
+    pub(crate) deltas_out: u64,
+    pub(crate) turns: u64,
+    pub(crate) responses: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) errors: u64,
+}
+
+/// A string field that borrows from the message when it has no escapes.
+/// (`Option<Cow<str>>` never borrows, whatever `#[serde(borrow)]` says; a
+/// newtype around `Cow` does.)
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The fields every client event may have, plus `audio` for the per-frame
+/// `input_audio_buffer.append`: parsing just these means an append costs no
+/// `serde_json::Value` and, usually, no copy of its base64.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Text<'a>>,
+    #[serde(borrow)]
+    event_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    audio: Option<Text<'a>>,
+}
+
+fn to_ms(ticks: u64) -> u64 {
+    ticks / TICKS_PER_MS
+}
+
+fn decode_pcm(format: Format, bytes: &[u8], out: &mut Vec<i16>) {
+    out.clear();
+    match format {
+        Format::Pcm16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]])),
+        ),
+        Format::Pcmu => g711::decode_into(bytes, out),
+    }
+}
+
+fn extend_le(out: &mut Vec<u8>, samples: &[i16]) {
+    out.reserve(samples.len() * 2);
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+}
+
+/// Renders a whole captured turn in `output` format, with fresh resamplers
+/// flushed at the end so the answer's last 2.5 ms are not lost.
+fn render(samples: &[i16], input: Format, output: Format) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(samples.len() * 2 * 3);
+    let mut converted = Vec::new();
+    match (input, output) {
+        (Format::Pcm16, Format::Pcm16) => extend_le(&mut bytes, samples),
+        (Format::Pcmu, Format::Pcmu) => g711::encode_into(samples, &mut bytes),
+        (Format::Pcmu, Format::Pcm16) => {
+            let mut up = Upsampler::new();
+            up.process(samples, &mut converted);
+            up.flush(&mut converted);
+            extend_le(&mut bytes, &converted);
+        }
+        (Format::Pcm16, Format::Pcmu) => {
+            let mut down = Downsampler::new();
+            down.process(samples, &mut converted);
+            down.flush(&mut converted);
+            g711::encode_into(&converted, &mut bytes);
+        }
+    }
+    bytes
+}
+
+/// The end (exclusive) of the next transcript word after `from`, with the
+/// space that follows it, so the deltas concatenate to the transcript.
+fn next_word(text: &str, from: usize) -> usize {
+    let rest = &text[from..];
+    match rest.find(' ') {
+        Some(i) => from + i + 1,
+        None => text.len(),
+    }
+}
+
+/// Writes an audio delta event by hand. Every interpolated string is one
+/// this module made (ids of hex digits and underscores, fixed event names)
+/// or validated base64 (`A–Z a–z 0–9 + / =`), none of which JSON escapes, so
+/// this is valid JSON; it saves building a `Value` for every frame.
+fn audio_delta_json(
+    name: &str,
+    event_id: std::fmt::Arguments<'_>,
+    response_id: &str,
+    item_id: &str,
+    delta: &str,
+) -> String {
+    let mut s = String::with_capacity(delta.len() + 200);
+    let _ = write!(
+        s,
+        r#"{{"type":"{name}","event_id":"{event_id}","response_id":"{response_id}","item_id":"{item_id}","output_index":0,"content_index":0,"delta":"{delta}"}}"#
+    );
+    s
+}
+
+/// One Realtime session of the echo peer.
+pub(crate) struct Session {
+    dialect: Dialect,
+    mode: EchoMode,
+    names: &'static Names,
+    speed: f64,
+    first_audio_delay: Duration,
+    /// Unique per session (process nonce + session number): every id this
+    /// session makes is `<kind>_<tag>_<counter>`.
+    tag: String,
+    counter: u64,
+    id: String,
+    model: String,
+    cfg: Config,
+    /// Ticks of input audio received so far.
+    pos: u64,
+    capture: Capture,
+    /// Input before this tick was committed or cleared.
+    uncommitted_from: u64,
+    vad: Vad,
+    vad_events: Vec<VadEvent>,
+    /// The id announced in `speech_started`, used again when the turn commits.
+    speech_item: Option<String>,
+    last_turn: Option<Turn>,
+    previous_item: Option<String>,
+    active: Option<Response>,
+    /// A turn ended (create_response) while a response was still running.
+    queued: bool,
+    items: VecDeque<ItemRecord>,
+    /// Server events to send, in order.
+    pub(crate) out: Vec<String>,
+    // Reused per-frame buffers.
+    bytes: Vec<u8>,
+    pcm: Vec<i16>,
+    converted: Vec<i16>,
+    base64: String,
+    // Loopback transcoding between different input and output formats.
+    up: Upsampler,
+    down: Downsampler,
+    pub(crate) stats: Stats,
+}
+
+impl Session {
+    /// A new session; `session.created` is already in [`Session::out`].
+    pub(crate) fn new(dialect: Dialect, options: &EchoOptions, model: String, tag: String) -> Self {
+        let cfg = Config::default();
+        let mut session = Self {
+            dialect,
+            mode: options.mode,
+            names: match dialect {
+                Dialect::Ga => &GA_NAMES,
+                Dialect::Beta => &BETA_NAMES,
+            },
+            speed: options.speed,
+            first_audio_delay: options.first_audio_delay,
+            id: format!("sess_{tag}"),
+            tag,
+            counter: 0,
+            model,
+            pos: 0,
+            capture: Capture::new(cfg.input, 0),
+            uncommitted_from: 0,
+            vad: Vad::new(options.vad_threshold_dbfs, cfg.input.ticks_per_sample()),
+            vad_events: Vec::new(),
+            speech_item: None,
+            last_turn: None,
+            previous_item: None,
+            active: None,
+            queued: false,
+            items: VecDeque::new(),
+            out: Vec::new(),
+            bytes: Vec::new(),
+            pcm: Vec::new(),
+            converted: Vec::new(),
+            base64: String::new(),
+            up: Upsampler::new(),
+            down: Downsampler::new(),
+            stats: Stats::default(),
+            cfg,
+        };
+        let session_json = session.session_json();
+        session.emit("session.created", json!({ "session": session_json }));
+        session
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// When [`Session::on_tick`] next has something to send: the next audio
+    /// delta (or the end) of a turn response. Loopback answers at once.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.active.as_ref().filter(|r| !r.loopback).map(|r| r.due)
+    }
+
+    fn next_id(&mut self, kind: &str) -> String {
+        self.counter += 1;
+        format!("{kind}_{}_{:x}", self.tag, self.counter)
+    }
+
+    fn emit(&mut self, kind: &str, body: Value) {
+        let mut map = match body {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        map.insert("type".to_owned(), Value::String(kind.to_owned()));
+        let event_id = self.next_id("event");
+        map.insert("event_id".to_owned(), Value::String(event_id));
+        self.out.push(Value::Object(map).to_string());
+    }
+
+    fn error(&mut self, err: ApiError, client_event_id: Option<&str>) {
+        self.stats.errors += 1;
+        tracing::debug!(session = %self.id, code = err.code, message = %err.message, "client error");
+        self.emit(
+            "error",
+            json!({"error": {
+                "type": "invalid_request_error",
+                "code": err.code,
+                "message": err.message,
+                "param": err.param,
+                "event_id": client_event_id,
+            }}),
+        );
+    }
+
+    /// A binary WebSocket message: the protocol is JSON text only.
+    pub(crate) fn on_binary(&mut self) {
+        self.error(
+            ApiError::new(
+                "invalid_value",
+                "Binary messages are not supported; send client events as JSON text.",
+            ),
+            None,
+        );
+    }
+
+    /// One client event (a WebSocket text message) at time `now`.
+    pub(crate) fn on_text(&mut self, text: &str, now: Instant) {
+        // A derived struct would also accept a JSON array, field by field.
+        let head = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<Head<'_>>(text).ok()
+        } else {
+            None
+        };
+        let Some(head) = head else {
+            return self.malformed(text);
+        };
+        let event_id = head.event_id.as_ref().map(|t| t.0.as_ref());
+        let Some(kind) = head.kind.as_ref().map(|t| t.0.as_ref()) else {
+            return self.error(ApiError::missing("type"), event_id);
+        };
+        if kind == "input_audio_buffer.append" {
+            return match head.audio.as_ref() {
+                Some(audio) => self.on_append(&audio.0, event_id, now),
+                None => self.error(ApiError::missing("audio"), event_id),
+            };
+        }
+        let event: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => return self.malformed(text),
+        };
+        let kind = kind.to_owned();
+        let event_id = event_id.map(str::to_owned);
+        let event_id = event_id.as_deref();
+        match kind.as_str() {
+            "session.update" => self.on_session_update(&event, event_id),
+            "input_audio_buffer.commit" => self.on_commit(event_id),
+            "input_audio_buffer.clear" => self.on_clear(),
+            "response.create" => self.on_response_create(event_id, now),
+            "response.cancel" => self.on_response_cancel(&event, event_id),
+            "conversation.item.create" => self.on_item_create(&event, event_id),
+            "conversation.item.truncate" => self.on_item_truncate(&event, event_id),
+            "conversation.item.delete" => self.on_item_delete(&event, event_id),
+            "output_audio_buffer.clear" => self.error(
+                ApiError::new(
+                    "unknown_event",
+                    "output_audio_buffer.clear is only for WebRTC and SIP sessions, not WebSocket.",
+                )
+                .param("type"),
+                event_id,
+            ),
+            other => self.error(
+                ApiError::new(
+                    "unknown_event",
+                    format!("Unknown or unsupported client event type '{other}'."),
+                )
+                .param("type"),
+                event_id,
+            ),
+        }
+    }
+
+    /// Text that is not a JSON object with string `type`/`event_id`/`audio`.
+    fn malformed(&mut self, text: &str) {
+        match serde_json::from_str::<Value>(text) {
+            Err(e) => self.error(
+                ApiError::new(
+                    "invalid_json",
+                    format!("The message is not valid JSON: {e}."),
+                ),
+                None,
+            ),
+            Ok(v) => {
+                let event_id = v.get("event_id").and_then(Value::as_str).map(str::to_owned);
+                let err = if v.is_object() {
+                    ApiError::new(
+                        "invalid_type",
+                        "'type', 'event_id' and 'audio' must be strings.",
+                    )
+                } else {
+                    ApiError::new("invalid_type", "A client event must be a JSON object.")
+                };
+                self.error(err, event_id.as_deref());
+            }
+        }
+    }
+
+    // ---- session.update -------------------------------------------------
+
+    fn on_session_update(&mut self, event: &Value, event_id: Option<&str>) {
+        let cfg = match parse_session_update(self.dialect, event.get("session"), &self.cfg) {
+            Ok(cfg) => cfg,
+            Err(err) => return self.error(err, event_id),
+        };
+        let input_changed = cfg.input != self.cfg.input;
+        let output_changed = cfg.output != self.cfg.output;
+        let turns_changed = cfg.turn.is_some() != self.cfg.turn.is_some();
+        self.cfg = cfg;
+        if input_changed {
+            // Samples of the old rate cannot join the new ones: start over.
+            self.capture = Capture::new(self.cfg.input, self.pos);
+            self.vad
+                .set_ticks_per_sample(self.cfg.input.ticks_per_sample());
+            self.uncommitted_from = self.pos;
+            self.speech_item = None;
+        }
+        if input_changed || output_changed {
+            self.up.reset();
+            self.down.reset();
+        }
+        if turns_changed {
+            self.vad.reset();
+            self.speech_item = None;
+        }
+        let session = self.session_json();
+        self.emit("session.updated", json!({ "session": session }));
+    }
+
+    fn session_json(&self) -> Value {
+        let turn = self.cfg.turn.map(|t| t.to_json(self.dialect));
+        match self.dialect {
+            Dialect::Ga => json!({
+                "object": "realtime.session",
+                "type": "realtime",
+                "id": self.id,
+                "model": self.model,
+                "output_modalities": ["audio"],
+                "instructions": self.cfg.instructions,
+                "audio": {
+                    "input": {
+                        "format": self.cfg.input.ga_json(),
+                        "transcription": self.cfg.transcription,
+                        "noise_reduction": null,
+                        "turn_detection": turn,
+                    },
+                    "output": {
+                        "format": self.cfg.output.ga_json(),
+                        "voice": self.cfg.voice,
+                        "speed": 1.0,
+                    },
+                },
+                "tools": self.cfg.tools,
+                "tool_choice": self.cfg.tool_choice,
+                "max_output_tokens": "inf",
+                "tracing": null,
+            }),
+            Dialect::Beta => json!({
+                "object": "realtime.session",
+                "id": self.id,
+                "model": self.model,
+                "modalities": ["audio", "text"],
+                "instructions": self.cfg.instructions,
+                "voice": self.cfg.voice,
+                "input_audio_format": self.cfg.input.beta_name(),
+                "output_audio_format": self.cfg.output.beta_name(),
+                "input_audio_transcription": self.cfg.transcription,
+                "turn_detection": turn,
+                "tools": self.cfg.tools,
+                "tool_choice": self.cfg.tool_choice,
+                "temperature": 0.8,
+                "max_response_output_tokens": "inf",
+            }),
+        }
+    }
+
+    // ---- input audio -----------------------------------------------------
+
+    fn on_append(&mut self, audio: &str, event_id: Option<&str>, now: Instant) {
+        self.stats.frames_in += 1;
+        self.bytes.clear();
+        if BASE64.decode_vec(audio, &mut self.bytes).is_err() {
+            return self.error(
+                ApiError::invalid_value("audio", "'audio' is not valid base64."),
+                event_id,
+            );
+        }
+        let input = self.cfg.input;
+        if self.bytes.len() % input.bytes_per_sample() != 0 {
+            return self.error(
+                ApiError::invalid_value(
+                    "audio",
+                    format!(
+                        "PCM16 audio must be whole 16-bit samples; got {} bytes.",
+                        self.bytes.len()
+                    ),
+                ),
+                event_id,
+            );
+        }
+        let start = self.pos;
+        self.pos += (self.bytes.len() / input.bytes_per_sample()) as u64 * input.ticks_per_sample();
+        match self.mode {
+            EchoMode::Loopback => self.loopback(audio, now),
+            EchoMode::Turn => self.listen(start, now),
+        }
+    }
+
+    /// Turn mode: keep the audio, run the VAD, act on what it saw.
+    fn listen(&mut self, start: u64, now: Instant) {
+        decode_pcm(self.cfg.input, &self.bytes, &mut self.pcm);
+        self.capture.samples.extend_from_slice(&self.pcm);
+        if let Some(td) = self.cfg.turn {
+            let mut events = std::mem::take(&mut self.vad_events);
+            events.clear();
+            self.vad.process(
+                &self.pcm,
+                start,
+                td.silence_duration_ms * TICKS_PER_MS,
+                &mut events,
+            );
+            for &event in &events {
+                match event {
+                    VadEvent::Started { at } => self.speech_started(at, td),
+                    VadEvent::Stopped {
+                        start,
+                        voiced_end,
+                        at,
+                    } => self.speech_stopped(start, voiced_end, at, td, now),
+                }
+            }
+            self.vad_events = events;
+        }
+        self.trim();
+    }
+
+    /// Drops input audio no turn can still need.
+    fn trim(&mut self) {
+        let keep_from = match (self.cfg.turn, self.vad.speech_start()) {
+            (None, _) => self.uncommitted_from,
+            (Some(td), Some(start)) => start.saturating_sub(td.prefix_padding_ms * TICKS_PER_MS),
+            (Some(td), None) => {
+                // The prefix of a turn that may be starting right now.
+                let keep_ms = td.prefix_padding_ms + (u64::from(START_WINDOWS) + 1) * WINDOW_MS;
+                self.pos.saturating_sub(keep_ms * TICKS_PER_MS)
+            }
+        };
+        self.capture
+            .drop_before(keep_from.max(self.uncommitted_from));
+        self.capture.cap();
+    }
+
+    fn speech_started(&mut self, at: u64, td: TurnDetection) {
+        let item_id = self.next_id("item");
+        self.emit(
+            "input_audio_buffer.speech_started",
+            json!({"audio_start_ms": to_ms(at), "item_id": item_id}),
+        );
+        self.speech_item = Some(item_id);
+        if td.interrupt_response {
+            self.queued = false;
+            if self.active.is_some() {
+                self.cancel("turn_detected");
+            }
+        }
+    }
+
+    fn speech_stopped(
+        &mut self,
+        start: u64,
+        voiced_end: u64,
+        at: u64,
+        td: TurnDetection,
+        now: Instant,
+    ) {
+        let item_id = match self.speech_item.take() {
+            Some(id) => id,
+            None => self.next_id("item"),
+        };
+        self.emit(
+            "input_audio_buffer.speech_stopped",
+            json!({"audio_end_ms": to_ms(at), "item_id": item_id}),
+        );
+        let from = start
+            .saturating_sub(td.prefix_padding_ms * TICKS_PER_MS)
+            .max(self.uncommitted_from);
+        let to = (voiced_end + TAIL_MS * TICKS_PER_MS).min(at);
+        self.commit(item_id, from, to);
+        self.uncommitted_from = at;
+        if td.create_response {
+            if self.active.is_some() {
+                self.queued = true;
+            } else {
+                self.start_response(now, false);
+            }
+        }
+    }
+
+    /// Turns input `[from, to)` into a user item: `committed`, the item
+    /// events, and the transcription if the client asked for one.
+    fn commit(&mut self, item_id: String, from: u64, to: u64) {
+        let samples = self.capture.slice(from, to).to_vec();
+        let format = self.cfg.input;
+        let ms = to_ms(samples.len() as u64 * format.ticks_per_sample());
+        let previous = self.previous_item.clone();
+        self.emit(
+            "input_audio_buffer.committed",
+            json!({"previous_item_id": previous, "item_id": item_id}),
+        );
+        let item = json!({
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": null}],
+        });
+        self.announce_item(previous, item);
+        if !self.cfg.transcription.is_null() {
+            self.emit(
+                "conversation.item.input_audio_transcription.completed",
+                json!({
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": format!("(caller spoke {ms} ms)"),
+                }),
+            );
+        }
+        self.remember(ItemRecord {
+            id: item_id.clone(),
+            audio: None,
+        });
+        self.previous_item = Some(item_id);
+        self.last_turn = Some(Turn {
+            samples,
+            format,
+            ms,
+        });
+        self.stats.turns += 1;
+    }
+
+    /// `conversation.item.added` (+ `.done`) in GA, `.created` in beta.
+    fn announce_item(&mut self, previous: Option<String>, item: Value) {
+        let names = self.names;
+        let body = json!({"previous_item_id": previous, "item": item});
+        if let Some(done) = names.item_done {
+            self.emit(names.item_added, body.clone());
+            self.emit(done, body);
+        } else {
+            self.emit(names.item_added, body);
+        }
+    }
+
+    fn remember(&mut self, record: ItemRecord) {
+        if self.items.len() == MAX_ITEMS {
+            self.items.pop_front();
+        }
+        self.items.push_back(record);
+    }
+
+    fn on_commit(&mut self, event_id: Option<&str>) {
+        let from = self.uncommitted_from.max(self.capture.start);
+        let to = self.capture.end();
+        let ms = to_ms(to.saturating_sub(from));
+        if ms < MIN_COMMIT_MS {
+            return self.error(
+                ApiError::new(
+                    "input_audio_buffer_commit_empty",
+                    format!(
+                        "Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms of audio, but buffer only has {ms}ms of audio."
+                    ),
+                ),
+                event_id,
+            );
+        }
+        let item_id = match self.speech_item.take() {
+            Some(id) => id,
+            None => self.next_id("item"),
+        };
+        self.vad.reset();
+        self.commit(item_id, from, to);
+        self.uncommitted_from = self.pos;
+        self.trim();
+    }
+
+    fn on_clear(&mut self) {
+        self.uncommitted_from = self.pos;
+        self.vad.reset();
+        self.speech_item = None;
+        self.trim();
+        self.emit("input_audio_buffer.cleared", json!({}));
+    }
+
+    /// Loopback mode: answer this frame at once with the same audio, in the
+    /// output format, inside the session's one long-lived response.
+    fn loopback(&mut self, audio: &str, now: Instant) {
+        if self.active.is_none() {
+            self.start_response(now, true);
+        }
+        let (input, output) = (self.cfg.input, self.cfg.output);
+        let same = input == output;
+        if !same {
+            decode_pcm(input, &self.bytes, &mut self.pcm);
+            self.converted.clear();
+            self.bytes.clear();
+            match output {
+                Format::Pcm16 => {
+                    self.up.process(&self.pcm, &mut self.converted);
+                    extend_le(&mut self.bytes, &self.converted);
+                }
+                Format::Pcmu => {
+                    self.down.process(&self.pcm, &mut self.converted);
+                    g711::encode_into(&self.converted, &mut self.bytes);
+                }
+            }
+            self.base64.clear();
+            BASE64.encode_string(&self.bytes, &mut self.base64);
+        }
+        let Some(r) = self.active.as_mut() else {
+            return;
+        };
+        r.sent += self.bytes.len();
+        let payload = if same { audio } else { self.base64.as_str() };
+        self.counter += 1;
+        let json = audio_delta_json(
+            self.names.audio_delta,
+            format_args!("event_{}_{:x}", self.tag, self.counter),
+            &r.id,
+            &r.item_id,
+            payload,
+        );
+        self.out.push(json);
+        self.stats.deltas_out += 1;
+    }
+
+    // ---- responses -------------------------------------------------------
+
+    fn on_response_create(&mut self, event_id: Option<&str>, now: Instant) {
+        if let Some(active) = &self.active {
+            let message = format!(
+                "Conversation already has an active response in progress: {}. Wait until the response is finished before creating a new one.",
+                active.id
+            );
+            return self.error(
+                ApiError::new("conversation_already_has_active_response", message),
+                event_id,
+            );
+        }
+        self.start_response(now, self.mode == EchoMode::Loopback);
+    }
+
+    fn on_response_cancel(&mut self, event: &Value, event_id: Option<&str>) {
+        let wanted = event.get("response_id").and_then(Value::as_str);
+        let matches = match (&self.active, wanted) {
+            (Some(_), None) => true,
+            (Some(active), Some(id)) => active.id == id,
+            (None, _) => false,
+        };
+        if matches {
+            return self.cancel("client_cancelled");
+        }
+        let message = match wanted {
+            Some(id) => format!("Cancellation failed: response {id} is not active."),
+            None => "Cancellation failed: no active response found.".to_owned(),
+        };
+        self.error(
+            ApiError::new("response_cancel_not_active", message),
+            event_id,
+        );
+    }
+
+    fn response_json(
+        &self,
+        id: &str,
+        status: &str,
+        status_details: Value,
+        output: Value,
+        usage: Value,
+    ) -> Value {
+        match self.dialect {
+            Dialect::Ga => json!({
+                "object": "realtime.response",
+                "id": id,
+                "status": status,
+                "status_details": status_details,
+                "output": output,
+                "conversation_id": format!("conv_{}", self.tag),
+                "output_modalities": ["audio"],
+                "audio": {"output": {"format": self.cfg.output.ga_json(), "voice": self.cfg.voice}},
+                "max_output_tokens": "inf",
+                "usage": usage,
+            }),
+            Dialect::Beta => json!({
+                "object": "realtime.response",
+                "id": id,
+                "status": status,
+                "status_details": status_details,
+                "output": output,
+                "modalities": ["audio", "text"],
+                "output_audio_format": self.cfg.output.beta_name(),
+                "voice": self.cfg.voice,
+                "max_output_tokens": "inf",
+                "usage": usage,
+            }),
+        }
+    }
+
+    fn assistant_item(&self, id: &str, status: &str, transcript: &str) -> Value {
+        json!({
+            "id": id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": status,
+            "content": [{"type": self.names.output_audio_content, "transcript": transcript}],
+        })
+    }
+
+    /// Starts a response: a turn response speaks the last committed turn
+    /// back; a loopback one carries the deltas of every later append.
+    fn start_response(&mut self, now: Instant, loopback: bool) {
+        let format = self.cfg.output;
+        let (audio, input_ms) = match (&self.last_turn, loopback) {
+            (Some(turn), false) => (render(&turn.samples, turn.format, format), turn.ms),
+            _ => (Vec::new(), 0),
+        };
+        let transcript = if loopback {
+            "(loopback)".to_owned()
+        } else {
+            format!("(echo of {} ms)", format.micros(audio.len()) / 1000)
+        };
+        let id = self.next_id("resp");
+        let item_id = self.next_id("item");
+        let response = self.response_json(&id, "in_progress", Value::Null, json!([]), Value::Null);
+        self.emit("response.created", json!({ "response": response }));
+        let item = json!({
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        });
+        self.emit(
+            "response.output_item.added",
+            json!({"response_id": id, "output_index": 0, "item": item}),
+        );
+        self.emit(
+            "response.content_part.added",
+            json!({
+                "response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
+                "part": {"type": "audio", "transcript": ""},
+            }),
+        );
+        self.previous_item = Some(item_id.clone());
+        self.stats.responses += 1;
+        let origin = now + self.first_audio_delay;
+        self.active = Some(Response {
+            id,
+            item_id,
+            format,
+            audio,
+            sent: 0,
+            chunk: 0,
+            origin,
+            due: origin,
+            transcript,
+            transcript_sent: 0,
+            loopback,
+            input_ms,
+        });
+    }
+
+    /// Sends every delta of the turn response that is due by `now`, and the
+    /// closing events after the last one.
+    pub(crate) fn on_tick(&mut self, now: Instant) {
+        loop {
+            let Some(r) = self.active.as_mut() else {
+                return;
+            };
+            if r.loopback || r.due > now {
+                return;
+            }
+            if r.sent >= r.audio.len() {
+                return self.finish(now);
+            }
+            let len = (CHUNK_MS[r.chunk % CHUNK_MS.len()] * r.format.bytes_per_ms())
+                .min(r.audio.len() - r.sent);
+            r.chunk += 1;
+            let word_end = next_word(&r.transcript, r.transcript_sent);
+            let word = (word_end > r.transcript_sent)
+                .then(|| r.transcript[r.transcript_sent..word_end].to_owned());
+            r.transcript_sent = word_end;
+            self.base64.clear();
+            BASE64.encode_string(&r.audio[r.sent..r.sent + len], &mut self.base64);
+            r.sent += len;
+            let ahead = r.format.micros(r.sent) as f64 / 1e6;
+            r.due = if self.speed.is_finite() && self.speed > 0.0 {
+                r.origin + Duration::from_secs_f64(ahead / self.speed)
+            } else {
+                r.origin
+            };
+            let (id, item_id) = (r.id.clone(), r.item_id.clone());
+            if let Some(word) = word {
+                self.emit(
+                    self.names.transcript_delta,
+                    json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0, "delta": word}),
+                );
+            }
+            self.counter += 1;
+            let json = audio_delta_json(
+                self.names.audio_delta,
+                format_args!("event_{}_{:x}", self.tag, self.counter),
+                &id,
+                &item_id,
+                &self.base64,
+            );
+            self.out.push(json);
+            self.stats.deltas_out += 1;
+        }
+    }
+
+    fn usage(input_ms: u64, output_ms: u64, transcript: &str) -> Value {
+        let input = input_ms / MS_PER_AUDIO_TOKEN;
+        let output_audio = output_ms / MS_PER_AUDIO_TOKEN;
+        let output_text = transcript.split_whitespace().count() as u64;
+        json!({
+            "total_tokens": input + output_audio + output_text,
+            "input_tokens": input,
+            "output_tokens": output_audio + output_text,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": input, "cached_tokens": 0},
+            "output_token_details": {"text_tokens": output_text, "audio_tokens": output_audio},
+        })
+    }
+
+    /// Completes the active response after its last delta.
+    fn finish(&mut self, now: Instant) {
+        let Some(r) = self.active.take() else {
+            return;
+        };
+        let (id, item_id) = (r.id.as_str(), r.item_id.as_str());
+        if r.transcript_sent < r.transcript.len() {
+            self.emit(
+                self.names.transcript_delta,
+                json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
+                       "delta": &r.transcript[r.transcript_sent..]}),
+            );
+        }
+        self.emit(
+            self.names.transcript_done,
+            json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
+                   "transcript": r.transcript}),
+        );
+        self.emit(
+            self.names.audio_done,
+            json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0}),
+        );
+        self.emit(
+            "response.content_part.done",
+            json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
+                   "part": {"type": "audio", "transcript": r.transcript}}),
+        );
+        let item = self.assistant_item(item_id, "completed", &r.transcript);
+        self.emit(
+            "response.output_item.done",
+            json!({"response_id": id, "output_index": 0, "item": item}),
+        );
+        let usage = Self::usage(r.input_ms, r.format.micros(r.sent) / 1000, &r.transcript);
+        let response = self.response_json(id, "completed", Value::Null, json!([item]), usage);
+        self.emit("response.done", json!({ "response": response }));
+        self.remember(ItemRecord {
+            id: r.item_id,
+            audio: Some((r.format, r.sent)),
+        });
+        if std::mem::take(&mut self.queued) {
+            self.start_response(now, false);
+        }
+    }
+
+    /// Ends the active response early: no more deltas, `response.done`
+    /// with status `cancelled`, the item keeping the audio sent so far.
+    fn cancel(&mut self, reason: &str) {
+        let Some(r) = self.active.take() else {
+            return;
+        };
+        self.queued = false;
+        let heard = &r.transcript[..r.transcript_sent];
+        let item = self.assistant_item(&r.item_id, "incomplete", heard);
+        let usage = Self::usage(r.input_ms, r.format.micros(r.sent) / 1000, heard);
+        let response = self.response_json(
+            &r.id,
+            "cancelled",
+            json!({"type": "cancelled", "reason": reason}),
+            json!([item]),
+            usage,
+        );
+        self.emit("response.done", json!({ "response": response }));
+        self.remember(ItemRecord {
+            id: r.item_id,
+            audio: Some((r.format, r.sent)),
+        });
+        self.stats.cancelled += 1;
+    }
+
+    // ---- conversation items ------------------------------------------------
+
+    fn on_item_create(&mut self, event: &Value, event_id: Option<&str>) {
+        let item = match event.get("item") {
+            None => return self.error(ApiError::missing("item"), event_id),
+            Some(Value::Object(item)) => item,
+            Some(_) => return self.error(ApiError::invalid_type("item", "an object"), event_id),
+        };
+        if !item.get("type").is_some_and(Value::is_string) {
+            return self.error(ApiError::missing("item.type"), event_id);
+        }
+        let mut item = item.clone();
+        let id = match item.get("id").and_then(Value::as_str) {
+            Some(id) => id.to_owned(),
+            None => self.next_id("item"),
+        };
+        item.insert("id".to_owned(), json!(id));
+        item.insert("object".to_owned(), json!("realtime.item"));
+        item.entry("status").or_insert(json!("completed"));
+        let previous = match event.get("previous_item_id").and_then(Value::as_str) {
+            Some(p) => Some(p.to_owned()),
+            None => self.previous_item.clone(),
+        };
+        self.announce_item(previous, Value::Object(item));
+        self.remember(ItemRecord {
+            id: id.clone(),
+            audio: None,
+        });
+        self.previous_item = Some(id);
+    }
+
+    fn on_item_truncate(&mut self, event: &Value, event_id: Option<&str>) {
+        match self.truncate(event) {
+            Ok(body) => self.emit("conversation.item.truncated", body),
+            Err(err) => self.error(err, event_id),
+        }
+    }
+
+    fn truncate(&mut self, event: &Value) -> Result<Value, ApiError> {
+        let item_id = match event.get("item_id") {
+            None => return Err(ApiError::missing("item_id")),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| ApiError::invalid_type("item_id", "a string"))?,
+        };
+        let content_index = match event.get("content_index") {
+            None => return Err(ApiError::missing("content_index")),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| ApiError::invalid_type("content_index", "a non-negative integer"))?,
+        };
+        let audio_end_ms = match event.get("audio_end_ms") {
+            None => return Err(ApiError::missing("audio_end_ms")),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| ApiError::invalid_type("audio_end_ms", "a non-negative integer"))?,
+        };
+        // The item of the response still running counts what it sent so far.
+        let live = self
+            .active
+            .as_ref()
+            .filter(|r| r.item_id == item_id)
+            .map(|r| (r.format, r.sent));
+        let record = self.items.iter_mut().find(|r| r.id == item_id);
+        let audio = match (live, &record) {
+            (Some(audio), _) => Some(audio),
+            (None, Some(record)) => record.audio,
+            (None, None) => {
+                return Err(ApiError::new(
+                    "item_truncate_invalid_item_id",
+                    format!("Item with item_id not found: {item_id}."),
+                )
+                .param("item_id"))
+            }
+        };
+        let Some((format, sent)) = audio else {
+            return Err(ApiError::invalid_value(
+                "item_id",
+                format!(
+                    "Only assistant messages with audio can be truncated; {item_id} is not one."
+                ),
+            ));
+        };
+        if content_index != 0 {
+            return Err(ApiError::invalid_value(
+                "content_index",
+                format!("Item {item_id} has no content part {content_index}."),
+            ));
+        }
+        let sent_micros = format.micros(sent);
+        if audio_end_ms.saturating_mul(1000) > sent_micros {
+            return Err(ApiError::invalid_value(
+                "audio_end_ms",
+                format!(
+                    "audio_end_ms ({audio_end_ms}) is longer than the audio of item {item_id} ({} ms).",
+                    sent_micros / 1000
+                ),
+            ));
+        }
+        if live.is_none() {
+            if let Some(record) = record {
+                record.audio = Some((format, audio_end_ms as usize * format.bytes_per_ms()));
+            }
+        }
+        Ok(
+            json!({"item_id": item_id, "content_index": content_index, "audio_end_ms": audio_end_ms}),
+        )
+    }
+
+    fn on_item_delete(&mut self, event: &Value, event_id: Option<&str>) {
+        let Some(item_id) = event.get("item_id").and_then(Value::as_str) else {
+            return self.error(ApiError::missing("item_id"), event_id);
+        };
+        match self.items.iter().position(|r| r.id == item_id) {
+            Some(i) => {
+                self.items.remove(i);
+                let item_id = item_id.to_owned();
+                if self.previous_item.as_deref() == Some(item_id.as_str()) {
+                    self.previous_item = None;
+                }
+                self.emit("conversation.item.deleted", json!({ "item_id": item_id }));
+            }
+            None => self.error(
+                ApiError::new(
+                    "item_delete_invalid_item_id",
+                    format!("Item with item_id not found: {item_id}."),
+                )
+                .param("item_id"),
+                event_id,
+            ),
+        }
+    }
+}
+
+// ---- session.update parsing ------------------------------------------------
+
+/// Session keys only the beta dialect has; a GA server rejects them.
+const BETA_ONLY: [&str; 7] = [
+    "modalities",
+    "voice",
+    "input_audio_format",
+    "output_audio_format",
+    "input_audio_transcription",
+    "input_audio_noise_reduction",
+    "turn_detection",
+];
+
+/// Session keys only the GA dialect has; a beta server rejects them.
+const GA_ONLY: [&str; 3] = ["type", "audio", "output_modalities"];
+
+fn object<'a>(v: &'a Value, param: &str) -> Result<&'a Map<String, Value>, ApiError> {
+    v.as_object()
+        .ok_or_else(|| ApiError::invalid_type(param, "an object"))
+}
+
+/// Validates the whole update before applying any of it, as the real service
+/// does: a rejected `session.update` changes nothing.
+fn parse_session_update(
+    dialect: Dialect,
+    session: Option<&Value>,
+    current: &Config,
+) -> Result<Config, ApiError> {
+    let session = object(
+        session.ok_or_else(|| ApiError::missing("session"))?,
+        "session",
+    )?;
+    let mut cfg = current.clone();
+    match dialect {
+        Dialect::Ga => {
+            if let Some(key) = BETA_ONLY.iter().find(|k| session.contains_key(**k)) {
+                return Err(ApiError::unknown_parameter(&format!("session.{key}")));
+            }
+            match session.get("type") {
+                None => return Err(ApiError::missing("session.type")),
+                Some(Value::String(t)) if t == "realtime" => {}
+                Some(_) => {
+                    return Err(ApiError::invalid_value(
+                        "session.type",
+                        "echo-realtime serves 'realtime' sessions only.",
+                    ))
+                }
+            }
+            if let Some(audio) = session.get("audio") {
+                let audio = object(audio, "session.audio")?;
+                if let Some(input) = audio.get("input") {
+                    let input = object(input, "session.audio.input")?;
+                    if let Some(f) = input.get("format") {
+                        cfg.input = ga_format(f, "session.audio.input.format")?;
+                    }
+                    if let Some(td) = input.get("turn_detection") {
+                        cfg.turn = turn_detection(td, "session.audio.input.turn_detection")?;
+                    }
+                    if let Some(t) = input.get("transcription") {
+                        cfg.transcription = transcription(t, "session.audio.input.transcription")?;
+                    }
+                }
+                if let Some(output) = audio.get("output") {
+                    let output = object(output, "session.audio.output")?;
+                    if let Some(f) = output.get("format") {
+                        cfg.output = ga_format(f, "session.audio.output.format")?;
+                    }
+                    if let Some(voice) = output.get("voice") {
+                        cfg.voice = string(voice, "session.audio.output.voice")?;
+                    }
+                }
+            }
+        }
+        Dialect::Beta => {
+            if let Some(key) = GA_ONLY.iter().find(|k| session.contains_key(**k)) {
+                return Err(ApiError::unknown_parameter(&format!("session.{key}")));
+            }
+            if let Some(f) = session.get("input_audio_format") {
+                cfg.input = beta_format(f, "session.input_audio_format")?;
+            }
+            if let Some(f) = session.get("output_audio_format") {
+                cfg.output = beta_format(f, "session.output_audio_format")?;
+            }
+            if let Some(td) = session.get("turn_detection") {
+                cfg.turn = turn_detection(td, "session.turn_detection")?;
+            }
+            if let Some(t) = session.get("input_audio_transcription") {
+                cfg.transcription = transcription(t, "session.input_audio_transcription")?;
+            }
+            if let Some(voice) = session.get("voice") {
+                cfg.voice = string(voice, "session.voice")?;
+            }
+        }
+    }
+    if let Some(instructions) = session.get("instructions") {
+        cfg.instructions = string(instructions, "session.instructions")?;
+    }
+    if let Some(tools) = session.get("tools") {
+        if !tools.is_array() {
+            return Err(ApiError::invalid_type("session.tools", "an array"));
+        }
+        cfg.tools = tools.clone();
+    }
+    if let Some(choice) = session.get("tool_choice") {
+        cfg.tool_choice = choice.clone();
+    }
+    Ok(cfg)
+}
+
+fn string(v: &Value, param: &str) -> Result<String, ApiError> {
+    v.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::invalid_type(param, "a string"))
+}
+
+fn unsupported_alaw(param: &str) -> ApiError {
+    ApiError::invalid_value(
+        param,
+        "G.711 A-law is a valid Realtime format, but echo-realtime does not implement it.",
+    )
+}
+
+fn ga_format(v: &Value, param: &str) -> Result<Format, ApiError> {
+    let f = object(v, param)?;
+    let type_param = format!("{param}.type");
+    let kind = match f.get("type") {
+        None => return Err(ApiError::missing(&type_param)),
+        Some(t) => t
+            .as_str()
+            .ok_or_else(|| ApiError::invalid_type(&type_param, "a string"))?,
+    };
+    match kind {
+        "audio/pcm" => match f.get("rate") {
+            None => Ok(Format::Pcm16),
+            Some(rate) if rate.as_u64() == Some(24_000) => Ok(Format::Pcm16),
+            Some(_) => Err(ApiError::invalid_value(
+                &format!("{param}.rate"),
+                "audio/pcm supports only rate 24000.",
+            )),
+        },
+        "audio/pcmu" => Ok(Format::Pcmu),
+        "audio/pcma" => Err(unsupported_alaw(&type_param)),
+        other => Err(ApiError::invalid_value(
+            &type_param,
+            format!("Invalid value: '{other}'. Supported values are: 'audio/pcm', 'audio/pcmu' and 'audio/pcma'."),
+        )),
+    }
+}
+
+fn beta_format(v: &Value, param: &str) -> Result<Format, ApiError> {
+    match v.as_str() {
+        Some("pcm16") => Ok(Format::Pcm16),
+        Some("g711_ulaw") => Ok(Format::Pcmu),
+        Some("g711_alaw") => Err(unsupported_alaw(param)),
+        Some(other) => Err(ApiError::invalid_value(
+            param,
+            format!("Invalid value: '{other}'. Supported values are: 'pcm16', 'g711_ulaw', and 'g711_alaw'."),
+        )),
+        None => Err(ApiError::invalid_type(param, "a string")),
+    }
+}
+
+fn transcription(v: &Value, param: &str) -> Result<Value, ApiError> {
+    match v {
+        Value::Null | Value::Object(_) => Ok(v.clone()),
+        _ => Err(ApiError::invalid_type(param, "an object or null")),
+    }
+}
+
+fn turn_detection(v: &Value, param: &str) -> Result<Option<TurnDetection>, ApiError> {
+    let td = match v {
+        Value::Null => return Ok(None),
+        v => object(v, param)?,
+    };
+    let field = |name: &str| format!("{param}.{name}");
+    let uint = |name: &str, default: u64| -> Result<u64, ApiError> {
+        match td.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| ApiError::invalid_type(&field(name), "a non-negative integer")),
+        }
+    };
+    let flag = |name: &str| -> Result<bool, ApiError> {
+        match td.get(name) {
+            None | Some(Value::Null) => Ok(true),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ApiError::invalid_type(&field(name), "a boolean")),
+        }
+    };
+    let kind = match td.get("type") {
+        None => return Err(ApiError::missing(&field("type"))),
+        Some(t) => t
+            .as_str()
+            .ok_or_else(|| ApiError::invalid_type(&field("type"), "a string"))?,
+    };
+    let mut out = TurnDetection {
+        create_response: flag("create_response")?,
+        interrupt_response: flag("interrupt_response")?,
+        ..TurnDetection::default()
+    };
+    match kind {
+        "server_vad" => {
+            out.prefix_padding_ms = uint("prefix_padding_ms", 300)?;
+            out.silence_duration_ms = uint("silence_duration_ms", 500)?;
+            if let Some(t) = td.get("threshold").filter(|t| !t.is_null()) {
+                out.threshold =
+                    t.as_f64()
+                        .filter(|t| (0.0..=1.0).contains(t))
+                        .ok_or_else(|| {
+                            ApiError::invalid_value(
+                                &field("threshold"),
+                                "threshold must be in [0, 1].",
+                            )
+                        })?;
+            }
+        }
+        "semantic_vad" => {
+            // No semantics here: eagerness only picks the silence to wait for.
+            let (eagerness, silence) = match td.get("eagerness").and_then(Value::as_str) {
+                None | Some("auto") => ("auto", 500),
+                Some("medium") => ("medium", 500),
+                Some("low") => ("low", 1000),
+                Some("high") => ("high", 250),
+                Some(other) => {
+                    return Err(ApiError::invalid_value(
+                        &field("eagerness"),
+                        format!("Invalid value: '{other}'. Supported values are: 'low', 'medium', 'high', and 'auto'."),
+                    ))
+                }
+            };
+            out.kind = "semantic_vad";
+            out.eagerness = Some(eagerness);
+            out.silence_duration_ms = silence;
+        }
+        other => {
+            return Err(ApiError::invalid_value(
+                &field("type"),
+                format!(
+                "Invalid value: '{other}'. Supported values are: 'server_vad' and 'semantic_vad'."
+            ),
+            ))
+        }
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ga_update(session: Value) -> Result<Config, ApiError> {
+        parse_session_update(Dialect::Ga, Some(&session), &Config::default())
+    }
+
+    #[test]
+    fn ga_update_sets_formats_and_manual_turns() {
+        let cfg = ga_update(json!({
+            "type": "realtime",
+            "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": null},
+                      "output": {"format": {"type": "audio/pcm", "rate": 24000}}}
+        }))
+        .expect("valid update");
+        assert_eq!(cfg.input, Format::Pcmu);
+        assert_eq!(cfg.output, Format::Pcm16);
+        assert_eq!(cfg.turn, None);
+    }
+
+    #[test]
+    fn ga_rejects_beta_keys_and_a_missing_type() {
+        let err = ga_update(json!({"type": "realtime", "input_audio_format": "pcm16"}))
+            .expect_err("beta key");
+        assert_eq!(err.code, "unknown_parameter");
+        assert_eq!(err.param.as_deref(), Some("session.input_audio_format"));
+        let err = ga_update(json!({"audio": {}})).expect_err("no type");
+        assert_eq!(err.code, "missing_required_parameter");
+    }
+
+    #[test]
+    fn beta_update_reads_flat_keys_and_rejects_ga_ones() {
+        let cfg = parse_session_update(
+            Dialect::Beta,
+            Some(
+                &json!({"input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw",
+                         "turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}),
+            ),
+            &Config::default(),
+        )
+        .expect("valid beta update");
+        assert_eq!(cfg.input, Format::Pcmu);
+        assert_eq!(cfg.turn.map(|t| t.silence_duration_ms), Some(700));
+        let err = parse_session_update(
+            Dialect::Beta,
+            Some(&json!({"type": "realtime"})),
+            &Config::default(),
+        )
+        .expect_err("GA key");
+        assert_eq!(err.code, "unknown_parameter");
+    }
+
+    #[test]
+    fn transcript_words_concatenate() {
+        let t = "(echo of 1234 ms)";
+        let mut at = 0;
+        let mut joined = String::new();
+        while at < t.len() {
+            let end = next_word(t, at);
+            joined.push_str(&t[at..end]);
+            at = end;
+        }
+        assert_eq!(joined, t);
+    }
+
+    #[test]
+    fn hand_written_delta_is_valid_json() {
+        let s = audio_delta_json(
+            "response.output_audio.delta",
+            format_args!("event_{}_{:x}", "ab_1", 7),
+            "resp_ab_1_2",
+            "item_ab_1_3",
+            "AAE=",
+        );
+        let v: Value = serde_json::from_str(&s).expect("valid JSON");
+        assert_eq!(v["delta"], "AAE=");
+        assert_eq!(v["event_id"], "event_ab_1_7");
+    }
+}
