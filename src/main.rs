@@ -32,6 +32,9 @@ enum Command {
         #[arg(long, env = "CALLBRIDGE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Try it with no phone, keys or network: bridge, local Realtime peer and a simulated
+    /// caller on loopback; a whole call with a barge-in; prints a report, writes a stereo WAV.
+    Demo(callbridge::sim::demo::DemoArgs),
     /// Place a simulated Twilio call against a running bridge (signed with TWILIO_AUTH_TOKEN when set).
     Call(callbridge::sim::cli::CallArgs),
     /// N concurrent simulated calls in real time: relay latency, lost/late frames, bridge CPU and memory.
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => serve(config),
+        Command::Demo(args) => callbridge::sim::demo::demo(args),
         Command::Call(args) => callbridge::sim::cli::call(args),
         Command::Loadtest(args) => callbridge::sim::cli::loadtest(args),
         Command::EchoRealtime { listen, mode } => echo_realtime(listen, mode),

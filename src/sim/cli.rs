@@ -125,7 +125,7 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(event: &Progress, signed: bool) -> String {
+pub(crate) fn describe(event: &Progress, signed: bool) -> String {
     let t = |at: &Duration| format!("[{:>6.2} s]", at.as_secs_f64());
     match event {
         Progress::Streaming {

@@ -22,6 +22,7 @@
 
 pub mod caller;
 pub mod cli;
+pub mod demo;
 pub mod loadtest;
 mod playback;
 mod stream;

@@ -1,0 +1,207 @@
+//! `callbridge demo`: the whole product on loopback, with no keys and no
+//! network. Starts the local Realtime peer ([`crate::echo`]) and the real
+//! server ([`crate::server`]) on `127.0.0.1:0`, with signature checks on and a
+//! throw-away auth token, then places one simulated Twilio call that speaks
+//! the speech fixture, talks over the answer (barge-in), and hangs up once
+//! the last answer has played. Prints what happened and writes the call as a
+//! stereo WAV (caller left, what the caller heard right).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use super::{caller, BargeIn, CallOptions, CallReport, SimError};
+use crate::audio::AudioMode;
+use crate::config::{Config, Secret, Secrets};
+use crate::echo::{self, EchoOptions};
+use crate::metrics::Metrics;
+use crate::server::Server;
+
+/// Built in, so the demo runs from any directory.
+const SPEECH: &[u8] = include_bytes!("../../fixtures/speech.ulaw");
+const BARGE_IN: &[u8] = include_bytes!("../../fixtures/bargein.ulaw");
+
+/// `callbridge demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where to write the call (stereo WAV: caller left, heard right).
+    #[arg(long, default_value = "demo-call.wav")]
+    pub out: PathBuf,
+    /// `pcm16` (transcode to 24 kHz) or `pcmu` (μ-law passed through).
+    #[arg(long, default_value = "pcm16")]
+    pub mode: AudioMode,
+    /// Talk over the answer once this many ms of it have been heard.
+    #[arg(long, default_value_t = 1500, value_name = "MS")]
+    pub barge_in_after: u64,
+}
+
+/// What the bridge itself measured during the demo call.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeSide {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bargeins: u64,
+    pub truncations: u64,
+    /// Mean of `speech_started` received → `clear` sent.
+    pub bargein_reaction: Option<Duration>,
+    /// Mean of the model's `speech_stopped` → first answer audio sent.
+    pub turn_latency: Option<Duration>,
+    pub rejected_or_errors: u64,
+}
+
+fn mean(count: u64, sum: f64) -> Option<Duration> {
+    (count > 0).then(|| Duration::from_secs_f64(sum / count as f64))
+}
+
+/// Runs the demo call end to end.
+pub async fn run(
+    mode: AudioMode,
+    barge_in_after: Duration,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<caller::Progress>>,
+) -> Result<(CallReport, BridgeSide), SimError> {
+    let io = |what: &str, e: std::io::Error| SimError::Options(format!("{what}: {e}"));
+    let peer_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| io("binding the local Realtime peer", e))?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(|e| io("local Realtime peer", e))?;
+    let (stop_peer, peer_stopped) = oneshot::channel::<()>();
+    let peer = tokio::spawn(echo::serve(peer_listener, EchoOptions::default(), async {
+        let _ = peer_stopped.await;
+    }));
+
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| io("binding the bridge", e))?;
+    let addr = listener.local_addr().map_err(|e| io("bridge", e))?;
+    let mut config = Config {
+        public_url: Some(format!("http://{addr}")),
+        ..Config::default()
+    };
+    config.realtime.url = format!("ws://{peer_addr}/v1/realtime?model=echo");
+    config.audio.mode = mode;
+    let mut key = [0u8; 16];
+    getrandom::fill(&mut key).map_err(|e| SimError::Options(e.to_string()))?;
+    let auth_token: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let secrets = Secrets {
+        twilio_auth_token: Some(Secret::new(auth_token.clone())),
+        ..Secrets::default()
+    };
+    let metrics = Metrics::new();
+    let server = Server::new(config, secrets, metrics.clone())
+        .map_err(|e| SimError::Options(format!("starting the bridge: {e}")))?;
+    let (stop_bridge, bridge_stopped) = oneshot::channel::<()>();
+    let bridge = tokio::spawn(server.run(listener, async {
+        let _ = bridge_stopped.await;
+    }));
+
+    let url =
+        url::Url::parse(&format!("http://{addr}")).map_err(|e| SimError::Options(e.to_string()))?;
+    let mut opts = CallOptions::new(url, SPEECH.to_vec());
+    opts.auth_token = Some(auth_token);
+    opts.barge_in = Some(BargeIn {
+        audio: BARGE_IN.to_vec(),
+        after_heard: barge_in_after,
+    });
+    opts.max_duration = Duration::from_secs(60);
+    let report = caller::place_call(opts, progress).await;
+
+    let side = BridgeSide {
+        frames_in: metrics.frames_in.get(),
+        frames_out: metrics.frames_out.get(),
+        bargeins: metrics.bargeins.get(),
+        truncations: metrics.truncations_sent.get(),
+        bargein_reaction: mean(
+            metrics.bargein_latency.count(),
+            metrics.bargein_latency.sum(),
+        ),
+        turn_latency: mean(metrics.turn_latency.count(), metrics.turn_latency.sum()),
+        rejected_or_errors: 0,
+    };
+    let _ = stop_bridge.send(());
+    let _ = stop_peer.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), bridge).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), peer).await;
+    Ok((report?, side))
+}
+
+/// The CLI: narrates the call, prints the report, writes the WAV. Exits
+/// non-zero if the call did not go as a demo call must (a turn, a barge-in
+/// answered by `clear`, no errors), so the README's first command cannot
+/// pass silently when something is broken.
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    eprintln!(
+        "callbridge demo: bridge + local Realtime peer + simulated caller on 127.0.0.1 ({} mode)",
+        args.mode
+    );
+    let (report, side) = runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let narrator = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                eprintln!("{}", super::cli::describe(&event, true));
+            }
+        });
+        let result = run(
+            args.mode,
+            Duration::from_millis(args.barge_in_after),
+            Some(tx),
+        )
+        .await;
+        let _ = narrator.await;
+        result
+    })?;
+    report
+        .write_stereo_wav(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let ms = |d: Option<Duration>| {
+        d.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.3} ms", d.as_secs_f64() * 1e3),
+        )
+    };
+    println!("{report}");
+    println!("bridge side");
+    println!(
+        "  frames relayed    {} in, {} out (chunks to Twilio)",
+        side.frames_in, side.frames_out
+    );
+    println!(
+        "  barge-ins         {} (truncations sent: {})",
+        side.bargeins, side.truncations
+    );
+    println!(
+        "  barge-in reaction {} (speech_started received -> clear sent)",
+        ms(side.bargein_reaction)
+    );
+    println!(
+        "  turn latency      {} (model's speech_stopped -> first answer audio sent)",
+        ms(side.turn_latency)
+    );
+    println!(
+        "  call recording    {} (caller left, heard right)",
+        args.out.display()
+    );
+    if !report.errors.is_empty() {
+        bail!(
+            "the demo call had {} error(s), listed above",
+            report.errors.len()
+        );
+    }
+    if report.turns == 0 || report.clears == 0 || side.bargeins == 0 {
+        bail!(
+            "the demo call did not complete a turn with a barge-in (turns {}, clears {}, barge-ins {})",
+            report.turns,
+            report.clears,
+            side.bargeins
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The README's first command, in-process: a whole call with a barge-in
+//! through the real server and the local Realtime peer.
+
+use std::time::Duration;
+
+use callbridge::audio::AudioMode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_call_has_a_turn_and_a_barge_in_in_pcmu_mode() {
+    let (report, side) =
+        callbridge::sim::demo::run(AudioMode::Pcmu, Duration::from_millis(1500), None)
+            .await
+            .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.turns >= 2, "{report}");
+    assert_eq!(report.clears, 1, "{report}");
+    assert_eq!(side.bargeins, 1);
+    assert_eq!(side.truncations, 1);
+    assert_eq!(report.close_code, Some(1000));
+    assert!(side.frames_in > 500 && side.frames_out > 50, "{side:?}");
+    // The caller heard answer audio, and both tracks cover the same timeline.
+    assert!(report.bytes_heard > 8 * 2000, "{report}");
+    assert_eq!(report.sent.len(), report.heard.len());
+}
