@@ -613,16 +613,10 @@ impl LeanCall<'_> {
                     }
                 },
             }
-            for text in std::mem::take(&mut self.outbox) {
-                match tokio::time::timeout(opts.timeout, tx.send(Message::text(text))).await {
-                    Ok(Ok(())) => {}
-                    _ => {
-                        self.error("sending to the bridge failed or timed out".into());
-                        ended_early = true;
-                        done = true;
-                        break;
-                    }
-                }
+            if let Err(e) = stream::send_batch(&mut tx, &mut self.outbox, opts.timeout).await {
+                self.error(e.to_string());
+                ended_early = true;
+                done = true;
             }
             if self.latencies.len() >= FLUSH_EVERY {
                 self.flush_latencies();
