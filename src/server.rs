@@ -432,8 +432,10 @@ async fn media(
     upgrade
         .max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
+        // tungstenite zero-fills the read buffer per read: keep it small.
+        // Writes are buffered until flushed, so a chunk and its mark leave
+        // in one write.
         .read_buffer_size(8 << 10)
-        .write_buffer_size(0)
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;

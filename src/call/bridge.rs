@@ -221,7 +221,24 @@ where
     }
 
     async fn send_twilio(&mut self, msg: String) -> Step {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.send(WsOut::Text(msg))).await {
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.send(WsOut::Text(msg))).await;
+        self.twilio_result(sent)
+    }
+
+    /// Queues without flushing, so that a chunk and its mark (and several
+    /// chunks) go out in one write.
+    async fn feed_twilio(&mut self, msg: String) -> Step {
+        let fed = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.feed(WsOut::Text(msg))).await;
+        self.twilio_result(fed)
+    }
+
+    async fn flush_twilio(&mut self) -> Step {
+        let flushed = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.flush()).await;
+        self.twilio_result(flushed)
+    }
+
+    fn twilio_result<E>(&self, r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Step {
+        match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Done(Outcome::CallerGone, None)),
             Err(_) => {
@@ -464,13 +481,19 @@ where
         Ok(())
     }
 
-    /// Sends every chunk the lead allows now.
+    /// Sends every chunk the lead allows now, each followed by its mark,
+    /// in one flush.
     async fn pump(&mut self) -> Step {
+        let mut fed = false;
         loop {
             let now = Instant::now();
             let (media, mark, lead) = {
                 let Some(chunk) = self.playout.next_chunk(now) else {
-                    return Ok(());
+                    return if fed {
+                        self.flush_twilio().await
+                    } else {
+                        Ok(())
+                    };
                 };
                 self.b64.clear();
                 B64.encode_string(chunk.payload, &mut self.b64);
@@ -480,8 +503,9 @@ where
                 messages::write_mark(&mut mark, &self.p.stream_sid, chunk.mark);
                 (media, mark, chunk.lead)
             };
-            self.send_twilio(media).await?;
-            self.send_twilio(mark).await?;
+            self.feed_twilio(media).await?;
+            self.feed_twilio(mark).await?;
+            fed = true;
             self.frames_out += 1;
             self.m.frames_out.inc();
             self.m.playout_lead.observe_duration(lead);

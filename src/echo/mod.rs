@@ -256,7 +256,11 @@ async fn run_session(
         model = model_of(request);
         Ok(response)
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    // A small read buffer: tungstenite zero-fills it on every read, and the
+    // default 128 KiB was a quarter of the peer's CPU under load.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 << 10);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
     let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
