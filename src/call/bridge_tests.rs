@@ -135,7 +135,15 @@ async fn session_update_goes_first_and_caller_audio_is_relayed_per_frame() {
             .unwrap();
         assert_eq!(audio.len(), 960);
     }
-    // A sequence gap is counted as inbound loss.
+    // Marks are numbered too: no gap. A real gap is counted as inbound loss.
+    for msg in [
+        json!({"event":"mark","sequenceNumber":"5","streamSid":SID,"mark":{"name":"x"}}),
+        json!({"event":"media","sequenceNumber":"6","media":{"payload":payload}}),
+    ] {
+        h.to_bridge_twilio.send(text(msg)).await.unwrap();
+    }
+    settle().await;
+    assert_eq!(h.metrics.dropped_in_gap.get(), 0);
     h.to_bridge_twilio
         .send(text(
             json!({"event":"media","sequenceNumber":"9","media":{"payload":payload}}),
@@ -143,14 +151,14 @@ async fn session_update_goes_first_and_caller_audio_is_relayed_per_frame() {
         .await
         .unwrap();
     settle().await;
-    assert_eq!(h.metrics.dropped_in_gap.get(), 4);
+    assert_eq!(h.metrics.dropped_in_gap.get(), 2);
     h.to_bridge_twilio
         .send(text(json!({"event":"stop","streamSid":SID})))
         .await
         .unwrap();
     let summary = h.task.await.unwrap();
     assert_eq!(summary.outcome, Outcome::Completed);
-    assert_eq!(summary.frames_in, 4);
+    assert_eq!(summary.frames_in, 5);
     // Both sockets are closed at the end.
     assert!(drain(&mut h.from_bridge_model).contains(&json!({"close": 1000})));
 }
