@@ -292,26 +292,24 @@ where
             Err(MessageError::UnknownEvent(_)) => return self.bad_twilio(Reject::UnknownEvent),
             Err(_) => return self.bad_twilio(Reject::Malformed),
         };
+        // Every message from `start` on is numbered (marks and dtmf too):
+        // a gap means Twilio lost messages on the way.
+        if let Some(seq) = event.sequence_number() {
+            if let Some(last) = self.last_seq {
+                if seq > last + 1 {
+                    self.m.dropped_in_gap.inc_by(seq - last - 1);
+                }
+            }
+            self.last_seq = Some(seq);
+        }
         match event {
-            Inbound::Media {
-                media,
-                sequence_number,
-                ..
-            } => {
+            Inbound::Media { media, .. } => {
                 self.ulaw_in.clear();
                 if B64
                     .decode_vec(media.payload.as_bytes(), &mut self.ulaw_in)
                     .is_err()
                 {
                     return self.bad_twilio(Reject::BadBase64);
-                }
-                if let Some(seq) = sequence_number.and_then(|s| s.parse::<u64>().ok()) {
-                    if let Some(last) = self.last_seq {
-                        if seq > last + 1 {
-                            self.m.dropped_in_gap.inc_by(seq - last - 1);
-                        }
-                    }
-                    self.last_seq = Some(seq);
                 }
                 let audio = self.inbound.transcode(&self.ulaw_in);
                 let mut msg = String::new();
