@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 use callbridge::config::{Config, LogFormat, Secrets};
 use callbridge::echo::{EchoMode, EchoOptions};
 use callbridge::metrics::Metrics;
@@ -34,11 +36,11 @@ enum Command {
     },
     /// Try it with no phone, keys or network: bridge, local Realtime peer and a simulated
     /// caller on loopback; a whole call with a barge-in; prints a report, writes a stereo WAV.
-    Demo(callbridge::sim::demo::DemoArgs),
+    Demo(cli::demo::DemoArgs),
     /// Place a simulated Twilio call against a running bridge (signed with TWILIO_AUTH_TOKEN when set).
-    Call(callbridge::sim::cli::CallArgs),
+    Call(cli::sim::CallArgs),
     /// N concurrent simulated calls in real time: relay latency, lost/late frames, bridge CPU and memory.
-    Loadtest(callbridge::sim::cli::LoadtestArgs),
+    Loadtest(cli::sim::LoadtestArgs),
     /// Audio tools that use exactly the code calls use.
     Audio {
         #[command(subcommand)]
@@ -98,9 +100,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => serve(config),
-        Command::Demo(args) => callbridge::sim::demo::demo(args),
-        Command::Call(args) => callbridge::sim::cli::call(args),
-        Command::Loadtest(args) => callbridge::sim::cli::loadtest(args),
+        Command::Demo(args) => cli::demo::demo(args),
+        Command::Call(args) => cli::sim::call(args),
+        Command::Loadtest(args) => cli::sim::loadtest(args),
         Command::EchoRealtime { listen, mode } => echo_realtime(listen, mode),
     }
 }

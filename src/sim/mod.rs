@@ -15,13 +15,12 @@
 //!   recording what was sent and heard on one timeline.
 //! - [`loadtest`]: many lean calls at once, measuring per-frame relay latency
 //!   against a loopback Realtime peer, plus the bridge's CPU and memory.
-//! - [`cli`]: the `call` and `loadtest` subcommands' arguments and output.
+//! - [`demo`]: the whole product on loopback, behind `callbridge demo`.
 //! - `stream` (private): the webhook, the TwiML scan, the signed upgrade and
 //!   the `connected`/`start` opening, shared by both.
 //! - `playback` (private): Twilio's playout queue and mark echoing.
 
 pub mod caller;
-pub mod cli;
 pub mod demo;
 pub mod loadtest;
 mod playback;

@@ -1,0 +1,100 @@
+//! `callbridge demo`: arguments, narration and the printed report. The
+//! demo itself is [`callbridge::sim::demo::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use callbridge::audio::AudioMode;
+use callbridge::sim::demo::run;
+
+/// `callbridge demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where to write the call (stereo WAV: caller left, heard right).
+    #[arg(long, default_value = "demo-call.wav")]
+    pub out: PathBuf,
+    /// `pcm16` (transcode to 24 kHz) or `pcmu` (μ-law passed through).
+    #[arg(long, default_value = "pcm16")]
+    pub mode: AudioMode,
+    /// Talk over the answer once this many ms of it have been heard.
+    #[arg(long, default_value_t = 1500, value_name = "MS")]
+    pub barge_in_after: u64,
+}
+
+/// The CLI: narrates the call, prints the report, writes the WAV. Exits
+/// non-zero if the call did not go as a demo call must (a turn, a barge-in
+/// answered by `clear`, no errors), so the README's first command cannot
+/// pass silently when something is broken.
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    eprintln!(
+        "callbridge demo: bridge + local Realtime peer + simulated caller on 127.0.0.1 ({} mode)",
+        args.mode
+    );
+    let (report, side) = runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let narrator = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                eprintln!("{}", super::sim::describe(&event, true));
+            }
+        });
+        let result = run(
+            args.mode,
+            Duration::from_millis(args.barge_in_after),
+            Some(tx),
+        )
+        .await;
+        let _ = narrator.await;
+        result
+    })?;
+    report
+        .write_stereo_wav(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let ms = |d: Option<Duration>| {
+        d.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.3} ms", d.as_secs_f64() * 1e3),
+        )
+    };
+    println!("{report}");
+    println!("bridge side");
+    println!(
+        "  frames relayed    {} in, {} out (chunks to Twilio)",
+        side.frames_in, side.frames_out
+    );
+    println!(
+        "  barge-ins         {} (truncations sent: {})",
+        side.bargeins, side.truncations
+    );
+    println!(
+        "  barge-in reaction {} (speech_started received -> clear sent)",
+        ms(side.bargein_reaction)
+    );
+    println!(
+        "  turn latency      {} (model's speech_stopped -> first answer audio sent)",
+        ms(side.turn_latency)
+    );
+    println!(
+        "  call recording    {} (caller left, heard right)",
+        args.out.display()
+    );
+    if !report.errors.is_empty() {
+        bail!(
+            "the demo call had {} error(s), listed above",
+            report.errors.len()
+        );
+    }
+    if report.turns == 0 || report.clears == 0 || side.bargeins == 0 {
+        bail!(
+            "the demo call did not complete a turn with a barge-in (turns {}, clears {}, barge-ins {})",
+            report.turns,
+            report.clears,
+            side.bargeins
+        );
+    }
+    Ok(())
+}
