@@ -24,7 +24,9 @@
 //! - [`server`]: the axum server: `/voice`, `/media`, `/stream-status`,
 //!   `/metrics`, `/healthz`, `/readyz`; admission control and graceful drain.
 //! - [`sim`]: the simulated Twilio side (signed webhook, Media Stream, real-time
-//!   playout and mark echoes) behind `callbridge call` and `callbridge loadtest`.
+//!   playout and mark echoes) behind `callbridge call`, `callbridge loadtest`
+//!   and `callbridge demo` (whose argument parsing and printing live in the
+//!   binary, `src/cli/`).
 //! - [`echo`]: `echo-realtime`, a local Realtime-protocol peer (a test tool,
 //!   not a model) for smoke tests, the demo and load tests.
 #![forbid(unsafe_code)]
