@@ -83,6 +83,8 @@ impl Server {
     /// Checks everything that would make a call fail later: `public_url`,
     /// the API key for OpenAI's own endpoints, the Twilio auth token.
     pub fn new(config: Config, secrets: Secrets, metrics: Metrics) -> Result<Server, ServeError> {
+        // Configs built in code (tests, the demo) get the same checks as loaded ones.
+        config.validate()?;
         let public = config.public_url()?;
         let realtime_url = crate::config::parse_realtime_url(&config.realtime.url)?;
         if secrets.openai_api_key.is_none() && RealtimeEndpoint::needs_api_key(&realtime_url) {
