@@ -24,6 +24,8 @@ use crate::twilio::messages::{self, parse_inbound, Inbound, MessageError};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Twilio's frame: 20 ms of μ-law at 8 kHz. Answer audio goes out in these.
+const TWILIO_FRAME_BYTES: usize = 160;
 /// Application cap on one frame from Twilio: a 20 ms frame is ~300 bytes.
 pub const MAX_TWILIO_FRAME: usize = 64 << 10;
 /// A send that cannot complete in this long means the peer stopped reading.
@@ -126,6 +128,8 @@ struct Bridge<TS, MS> {
     ulaw_in: Vec<u8>,
     model_audio: Vec<u8>,
     b64: String,
+    /// Media messages of the chunk being sent (the Vec is reused).
+    frames_pending: Vec<String>,
     active_response: Option<String>,
     /// Responses cancelled by barge-in whose late deltas must be dropped.
     cancelled: VecDeque<String>,
@@ -160,6 +164,7 @@ where
             ulaw_in: Vec::with_capacity(512),
             model_audio: Vec::with_capacity(16 << 10),
             b64: String::with_capacity(2048),
+            frames_pending: Vec::with_capacity(8),
             active_response: None,
             cancelled: VecDeque::with_capacity(4),
             speech_stopped_at: None,
@@ -485,7 +490,7 @@ where
         let mut fed = false;
         loop {
             let now = Instant::now();
-            let (media, mark, lead) = {
+            let (mark, lead) = {
                 let Some(chunk) = self.playout.next_chunk(now) else {
                     return if fed {
                         self.flush_twilio().await
@@ -493,19 +498,27 @@ where
                         Ok(())
                     };
                 };
-                self.b64.clear();
-                B64.encode_string(chunk.payload, &mut self.b64);
-                let mut media = String::with_capacity(self.b64.len() + 96);
-                messages::write_media(&mut media, &self.p.stream_sid, &self.b64);
+                // Cut into Twilio's own 20 ms frames; one mark per chunk.
+                for piece in chunk.payload.chunks(TWILIO_FRAME_BYTES) {
+                    self.b64.clear();
+                    B64.encode_string(piece, &mut self.b64);
+                    let mut media = String::with_capacity(self.b64.len() + 96);
+                    messages::write_media(&mut media, &self.p.stream_sid, &self.b64);
+                    self.frames_pending.push(media);
+                }
                 let mut mark = String::with_capacity(128);
                 messages::write_mark(&mut mark, &self.p.stream_sid, chunk.mark);
-                (media, mark, chunk.lead)
+                (mark, chunk.lead)
             };
-            self.feed_twilio(media).await?;
+            let mut frames = std::mem::take(&mut self.frames_pending);
+            for media in frames.drain(..) {
+                self.feed_twilio(media).await?;
+                self.frames_out += 1;
+                self.m.frames_out.inc();
+            }
+            self.frames_pending = frames;
             self.feed_twilio(mark).await?;
             fed = true;
-            self.frames_out += 1;
-            self.m.frames_out.inc();
             self.m.playout_lead.observe_duration(lead);
             if let Some(stopped) = self.speech_stopped_at.take() {
                 self.m

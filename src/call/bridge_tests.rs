@@ -181,11 +181,16 @@ async fn answer_audio_is_paced_at_the_lead() {
     settle().await;
     let out = drain(&mut h.from_bridge_twilio);
     assert_eq!(media_ms(&out), 200, "only the lead goes out at once");
-    // Every media message is followed by its mark.
-    assert_eq!(
-        out.iter().filter(|e| e["event"] == "mark").count(),
-        out.len() / 2
-    );
+    // 20 ms Twilio frames, a mark closing each 100 ms chunk.
+    let media: Vec<&Value> = out.iter().filter(|e| e["event"] == "media").collect();
+    assert_eq!(media.len(), 10);
+    assert!(media
+        .iter()
+        .all(|e| e["media"]["payload"].as_str().unwrap().len() == 216));
+    let kinds: Vec<&str> = out.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds[5], "mark");
+    assert_eq!(kinds[11], "mark");
+    assert_eq!(kinds.len(), 12);
     let mut total = 200;
     for _ in 0..50 {
         tokio::time::advance(Duration::from_millis(20)).await;

@@ -63,7 +63,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("{report}");
     println!("bridge side");
     println!(
-        "  frames relayed    {} in, {} out (chunks to Twilio)",
+        "  frames relayed    {} in, {} out (20 ms frames to Twilio)",
         side.frames_in, side.frames_out
     );
     println!(
