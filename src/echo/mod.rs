@@ -36,7 +36,10 @@
 //! an append is parsed into a small borrowed struct and answered with one
 //! hand-written JSON string, with no `serde_json::Value`.
 
+mod audio;
+mod errors;
 mod session;
+mod session_config;
 mod vad;
 
 use std::fmt;
