@@ -490,17 +490,7 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// At most `max` bytes of `s`, cut at a char boundary, with `…` if cut.
-pub(crate) fn shorten(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
+pub(crate) use crate::twilio::messages::shorten;
 
 #[cfg(test)]
 mod tests {
