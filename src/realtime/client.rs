@@ -63,6 +63,18 @@ impl RealtimeEndpoint {
     ) -> Result<Self, ConnectError> {
         let roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Self::with_roots(url, dialect, api_key, connect_timeout, roots)
+    }
+
+    /// Like [`RealtimeEndpoint::new`], trusting `roots` instead of the public
+    /// web PKI (a private CA, or a test server's self-signed certificate).
+    pub fn with_roots(
+        url: Url,
+        dialect: Dialect,
+        api_key: Option<Secret>,
+        connect_timeout: Duration,
+        roots: rustls::RootCertStore,
+    ) -> Result<Self, ConnectError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
