@@ -58,14 +58,13 @@ pub struct CallSummary {
     pub reason: Option<String>,
 }
 
-enum End {
-    Done(Outcome, Option<String>),
-}
+/// Why the loop stopped: the outcome, and a reason when it was not normal.
+struct End(Outcome, Option<String>);
 
 type Step = Result<(), End>;
 
 fn end(outcome: Outcome, why: impl Into<String>) -> End {
-    End::Done(outcome, Some(why.into()))
+    End(outcome, Some(why.into()))
 }
 
 /// Runs the call until either side ends it or `shutdown` fires.
@@ -88,9 +87,7 @@ where
     let result = call
         .run_loop(&mut twilio_rx, &mut model_rx, &shutdown)
         .await;
-    let (outcome, reason) = match result {
-        End::Done(outcome, reason) => (outcome, reason),
-    };
+    let End(outcome, reason) = result;
     let twilio_code = match outcome {
         Outcome::ProtocolError | Outcome::Unauthorized => close_code::POLICY,
         Outcome::Drained => close_code::GOING_AWAY,
@@ -199,9 +196,9 @@ where
             let wake = self.playout.next_send_at(Instant::now());
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Err(End::Done(Outcome::Drained, None)),
+                _ = shutdown.cancelled() => Err(End(Outcome::Drained, None)),
                 msg = twilio_rx.next() => match msg {
-                    None | Some(WsIn::Close(_)) => Err(End::Done(Outcome::CallerGone, None)),
+                    None | Some(WsIn::Close(_)) => Err(End(Outcome::CallerGone, None)),
                     Some(WsIn::Binary(_)) => self.bad_twilio(Reject::Binary),
                     Some(WsIn::Text(text)) => self.on_twilio(&text).await,
                 },
@@ -245,7 +242,7 @@ where
     fn twilio_result<E>(&self, r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Step {
         match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Done(Outcome::CallerGone, None)),
+            Ok(Err(_)) => Err(End(Outcome::CallerGone, None)),
             Err(_) => {
                 self.m.error("twilio_write_timeout");
                 Err(end(Outcome::ProtocolError, "Twilio stopped reading"))
@@ -329,7 +326,7 @@ where
                     tracing::debug!(name = %mark.name, "mark that is not ours");
                 }
             }
-            Inbound::Stop { .. } => return Err(End::Done(Outcome::Completed, None)),
+            Inbound::Stop { .. } => return Err(End(Outcome::Completed, None)),
             Inbound::Dtmf { dtmf, .. } => {
                 tracing::info!(call_sid = %self.p.call_sid, digit = %dtmf.digit, "dtmf");
             }
