@@ -23,20 +23,17 @@
 //!   per-frame path.
 //! - [`server`]: the axum server: `/voice`, `/media`, `/stream-status`,
 //!   `/metrics`, `/healthz`, `/readyz`; admission control and graceful drain.
-//! - [`sim`]: the simulated Twilio side (signed webhook, Media Stream, real-time
-//!   playout and mark echoes) behind `callbridge call`, `callbridge loadtest`
-//!   and `callbridge demo` (whose argument parsing and printing live in the
-//!   binary, `src/cli/`).
-//! - [`echo`]: `echo-realtime`, a local Realtime-protocol peer (a test tool,
-//!   not a model) for smoke tests, the demo and load tests.
+//!
+//! The test tooling (the local model peer, the simulated Twilio caller, the
+//! demo and the load generator) lives in its own crate, `callbridge-sim`
+//! (`sim/`), and the `callbridge` command in `callbridge-cli` (`cli/`): both
+//! use only this crate's public API, and the service carries no test code.
 #![forbid(unsafe_code)]
 
 pub mod audio;
 pub mod call;
 pub mod config;
-pub mod echo;
 pub mod metrics;
 pub mod realtime;
 pub mod server;
-pub mod sim;
 pub mod twilio;

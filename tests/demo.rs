@@ -8,7 +8,7 @@ use callbridge::audio::AudioMode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_call_has_a_turn_and_a_barge_in_in_pcmu_mode() {
     let (report, side) =
-        callbridge::sim::demo::run(AudioMode::Pcmu, Duration::from_millis(1500), None)
+        callbridge_sim::demo::run(AudioMode::Pcmu, Duration::from_millis(1500), None)
             .await
             .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);

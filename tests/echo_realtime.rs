@@ -1,4 +1,4 @@
-//! `echo-realtime` (`callbridge::echo`) over real sockets on 127.0.0.1:0,
+//! `echo-realtime` (`callbridge_sim::echo`) over real sockets on 127.0.0.1:0,
 //! driven by a plain tokio-tungstenite client: both dialects, the full event
 //! sequence of a response, cancel/truncate/error handling, loopback mode and
 //! barge-in. Timing is only ever bounded by generous timeouts; what is
@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use callbridge::audio::{g711, AudioMode, InboundTranscoder};
-use callbridge::echo::{self, EchoMode, EchoOptions};
+use callbridge_sim::echo::{self, EchoMode, EchoOptions};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

@@ -1,6 +1,6 @@
-//! The simulated Twilio caller and the load generator (`callbridge::sim`)
+//! The simulated Twilio caller and the load generator (`callbridge_sim`)
 //! against the real server on 127.0.0.1:0, with a Realtime peer in process:
-//! `callbridge::echo` (turn or loopback mode), or the scripted fake from
+//! `callbridge_sim::echo` (turn or loopback mode), or the scripted fake from
 //! tests/support where a test needs to see the client events.
 
 mod support;
@@ -8,8 +8,9 @@ mod support;
 use std::time::Duration;
 
 use callbridge::audio::AudioMode;
-use callbridge::echo::{self, EchoMode, EchoOptions};
-use callbridge::sim::{self, BargeIn, CallOptions, LoadOptions, Progress, SimError};
+use callbridge_sim as sim;
+use callbridge_sim::echo::{self, EchoMode, EchoOptions};
+use callbridge_sim::{BargeIn, CallOptions, LoadOptions, Progress, SimError};
 use support::fake_realtime::{FakeRealtime, Script};
 use support::{fixture, Bridge, AUTH_TOKEN};
 use url::Url;

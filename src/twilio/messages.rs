@@ -544,7 +544,7 @@ fn classify(text: &str, known: &[&str], err: &serde_json::Error) -> MessageError
 }
 
 /// At most `max` bytes of `s`, cut at a char boundary, with `…` if cut.
-pub(crate) fn shorten(s: &str, max: usize) -> String {
+pub fn shorten(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

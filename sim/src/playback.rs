@@ -88,7 +88,7 @@ impl Playback {
         if let Some(heard) = heard {
             let before = heard.len();
             heard.extend(self.queue.drain(..take.min(self.queue.len())));
-            heard.resize(before + n, super::SILENCE);
+            heard.resize(before + n, crate::SILENCE);
         } else if self.keep_audio {
             self.queue.drain(..take.min(self.queue.len()));
         }
@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(heard.len(), 480);
         assert_eq!(&heard[..300], &[1; 300][..]);
         assert_eq!(&heard[300..400], &[2; 100][..]);
-        assert!(heard[400..].iter().all(|&b| b == super::super::SILENCE));
+        assert!(heard[400..].iter().all(|&b| b == crate::SILENCE));
         assert_eq!(p.queued(), 0);
     }
 

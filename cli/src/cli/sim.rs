@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use url::Url;
 
 use callbridge::config::Secrets;
-use callbridge::sim::{caller, loadtest, BargeIn, CallOptions, LoadOptions, Progress};
+use callbridge_sim::{caller, loadtest, BargeIn, CallOptions, LoadOptions, Progress};
 
 /// `callbridge call`: one simulated Twilio call against a running bridge.
 #[derive(Debug, clap::Args)]
@@ -90,14 +90,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// writes what was heard. Fails (non-zero exit) when the call could not be
 /// placed or had errors.
 pub fn call(args: CallArgs) -> anyhow::Result<()> {
-    let audio = callbridge::sim::load_audio(&args.audio)?;
+    let audio = callbridge_sim::load_audio(&args.audio)?;
     let mut opts = CallOptions::new(args.bridge, audio);
     opts.auth_token = auth_token()?;
     opts.trailing_silence = seconds("--trailing-silence", args.trailing_silence)?;
     opts.max_duration = seconds("--max-duration", args.max_duration)?;
     if let Some(ms) = args.barge_in_after {
         opts.barge_in = Some(BargeIn {
-            audio: callbridge::sim::load_audio(&args.barge_in_audio)?,
+            audio: callbridge_sim::load_audio(&args.barge_in_audio)?,
             after_heard: Duration::from_millis(ms),
         });
     }
@@ -169,7 +169,7 @@ pub fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
     opts.bridge_pid = args.bridge_pid;
     opts.auth_token = auth_token()?;
     if let Some(path) = &args.audio {
-        opts.audio = callbridge::sim::load_audio(path)?;
+        opts.audio = callbridge_sim::load_audio(path)?;
     }
     let report = runtime()?.block_on(loadtest::run(opts))?;
     if args.json {

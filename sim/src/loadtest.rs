@@ -11,7 +11,7 @@
 //! bridge → Twilio, which is the bridge's relay latency twice plus two
 //! loopback hops.
 //!
-//! Each call is a lean version of [`super::caller`]: the same opening (signed
+//! Each call is a lean version of [`crate::caller`]: the same opening (signed
 //! webhook, TwiML, signed upgrade, `connected`, `start`) and the same Twilio
 //! playout and mark echoing, but it keeps counts instead of audio, so
 //! thousands of calls fit in a small process. Calls start evenly over the
@@ -35,10 +35,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
-use super::playback::Playback;
-use super::stream::{self, Ws};
-use super::{SimError, FRAME, FRAME_BYTES, SILENCE};
-use crate::twilio::messages::{self, Outbound};
+use crate::playback::Playback;
+use crate::stream::{self, Ws};
+use crate::{SimError, FRAME, FRAME_BYTES, SILENCE};
+use callbridge::twilio::messages::{self, Outbound};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -409,9 +409,9 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport, SimError> {
 fn encode_frames(audio: &[u8]) -> Vec<String> {
     let owned;
     let audio = if audio.is_empty() {
-        let tone = crate::audio::measure::sine(400.0, 8000, 6000.0, 8000);
+        let tone = callbridge::audio::measure::sine(400.0, 8000, 6000.0, 8000);
         let mut codes = Vec::with_capacity(16_000);
-        crate::audio::g711::encode_into(&tone, &mut codes);
+        callbridge::audio::g711::encode_into(&tone, &mut codes);
         codes.resize(16_000, SILENCE);
         owned = codes;
         &owned[..]

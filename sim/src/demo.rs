@@ -1,6 +1,6 @@
 //! `callbridge demo`: the whole product on loopback, with no keys and no
 //! network. Starts the local Realtime peer ([`crate::echo`]) and the real
-//! server ([`crate::server`]) on `127.0.0.1:0`, with signature checks on and a
+//! server ([`callbridge::server`]) on `127.0.0.1:0`, with signature checks on and a
 //! throw-away auth token, then places one simulated Twilio call that speaks
 //! the speech fixture, talks over the answer (barge-in), and hangs up once
 //! the last answer has played. Prints what happened and writes the call as a
@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use super::{caller, BargeIn, CallOptions, CallReport, SimError};
-use crate::audio::AudioMode;
-use crate::config::{Config, Secret, Secrets};
 use crate::echo::{self, EchoOptions};
-use crate::metrics::Metrics;
-use crate::server::Server;
+use crate::{caller, BargeIn, CallOptions, CallReport, SimError};
+use callbridge::audio::AudioMode;
+use callbridge::config::{Config, Secret, Secrets};
+use callbridge::metrics::Metrics;
+use callbridge::server::Server;
 
 /// Built in, so the demo runs from any directory.
 const SPEECH: &[u8] = include_bytes!("../../fixtures/speech.ulaw");

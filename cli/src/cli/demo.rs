@@ -1,12 +1,12 @@
 //! `callbridge demo`: arguments, narration and the printed report. The
-//! demo itself is [`callbridge::sim::demo::run`].
+//! demo itself is [`callbridge_sim::demo::run`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use callbridge::audio::AudioMode;
-use callbridge::sim::demo::run;
+use callbridge_sim::demo::run;
 
 /// `callbridge demo`.
 #[derive(Debug, clap::Args)]

@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
-use super::SimError;
-use crate::twilio::{messages, signature};
+use crate::SimError;
+use callbridge::twilio::{messages, signature};
 
 /// The Media Stream socket, client side.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -490,12 +490,12 @@ fn unescape(s: &str) -> String {
     out
 }
 
-pub(crate) use crate::twilio::messages::shorten;
+pub(crate) use callbridge::twilio::messages::shorten;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::twilio::twiml;
+    use callbridge::twilio::twiml;
 
     #[test]
     fn reads_the_bridges_own_twiml() {

@@ -1,5 +1,7 @@
-//! The simulated Twilio side of a phone call, for tests, `callbridge call`,
-//! `callbridge demo` and `callbridge loadtest`.
+//! callbridge's test tooling, kept out of the service crate: the simulated
+//! Twilio side of a phone call (for tests, `callbridge call`, `callbridge demo`
+//! and `callbridge loadtest`) and [`echo`], the local model peer. It uses only
+//! the public API of the `callbridge` crate.
 //!
 //! The bridge cannot be exercised without Twilio, and Twilio cannot be put in
 //! a test, so this module plays Twilio's part as closely as the public
@@ -8,8 +10,10 @@
 //! `connected`, `start` and 20 ms μ-law frames on a real-time clock, and plays
 //! the bridge's audio back at real time, echoing marks only once the audio
 //! before them has played and flushing them all on `clear`, as Twilio does.
-//! Everything it writes and parses goes through [`crate::twilio::messages`],
+//! Everything it writes and parses goes through [`callbridge::twilio::messages`],
 //! the same code the bridge uses, so the two cannot drift apart silently.
+//!
+//! # Layout
 //!
 //! - [`caller`]: one complete call with a script (speech, optional barge-in),
 //!   recording what was sent and heard on one timeline.
@@ -19,16 +23,19 @@
 //! - `stream` (private): the webhook, the TwiML scan, the signed upgrade and
 //!   the `connected`/`start` opening, shared by both.
 //! - `playback` (private): Twilio's playout queue and mark echoing.
+//! - [`echo`]: `echo-realtime`, the local model peer (Realtime and GPT-Live).
+#![forbid(unsafe_code)]
 
 pub mod caller;
 pub mod demo;
+pub mod echo;
 pub mod loadtest;
 mod playback;
 mod stream;
 
 use std::path::Path;
 
-use crate::audio::{g711, AudioMode, OutboundTranscoder};
+use callbridge::audio::{g711, AudioMode, OutboundTranscoder};
 
 pub use caller::{place_call, BargeIn, CallOptions, CallReport, Progress};
 pub use loadtest::{run, LoadOptions, LoadReport};
@@ -202,7 +209,7 @@ mod tests {
         assert!(rms(&[SILENCE; FRAME_BYTES]) < 1.0);
         let mut tone = Vec::new();
         g711::encode_into(
-            &crate::audio::measure::sine(440.0, 8000, 8000.0, 160),
+            &callbridge::audio::measure::sine(440.0, 8000, 8000.0, 160),
             &mut tone,
         );
         let level = rms(&tone);

@@ -26,8 +26,8 @@ use super::errors::ApiError;
 use super::session_config::{parse_session_update, Config, TurnDetection};
 use super::vad::{Vad, VadEvent, START_WINDOWS, TICKS_PER_MS, WINDOW_MS};
 use super::{Dialect, EchoMode, EchoOptions};
-use crate::audio::g711;
-use crate::audio::resample::{Downsampler, Upsampler};
+use callbridge::audio::g711;
+use callbridge::audio::resample::{Downsampler, Upsampler};
 
 /// Sizes of successive audio deltas of a turn response, cycled. The real
 /// service sends deltas of irregular sizes; a bridge that assumes one size

@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use super::vad::TICKS_PER_MS;
-use crate::audio::g711;
-use crate::audio::resample::{Downsampler, Upsampler};
+use callbridge::audio::g711;
+use callbridge::audio::resample::{Downsampler, Upsampler};
 
 /// The longest turn kept (and spoken back). Bounds memory per session when a
 /// caller never stops talking, or a client never commits in manual mode.

@@ -23,10 +23,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
-use super::playback::Playback;
-use super::stream::{self, Opened};
-use super::{rms, SimError, FRAME, FRAME_BYTES, SILENCE, SPEECH_RMS};
-use crate::twilio::messages::{self, Outbound};
+use crate::playback::Playback;
+use crate::stream::{self, Opened};
+use crate::{rms, SimError, FRAME, FRAME_BYTES, SILENCE, SPEECH_RMS};
+use callbridge::twilio::messages::{self, Outbound};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -170,12 +170,12 @@ pub struct CallReport {
 impl CallReport {
     /// Writes the call as a stereo WAV: the caller left, what was heard right.
     pub fn write_stereo_wav(&self, path: &std::path::Path) -> Result<(), SimError> {
-        super::write_wav(path, &[&self.sent, &self.heard])
+        crate::write_wav(path, &[&self.sent, &self.heard])
     }
 
     /// Writes what the caller heard as a mono WAV.
     pub fn write_heard_wav(&self, path: &std::path::Path) -> Result<(), SimError> {
-        super::write_wav(path, &[&self.heard])
+        crate::write_wav(path, &[&self.heard])
     }
 }
 

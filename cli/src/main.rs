@@ -1,4 +1,5 @@
 //! The `callbridge` command line: parses arguments and calls the library.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,9 +12,9 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 use callbridge::config::{Config, LogFormat, Secrets};
-use callbridge::echo::{EchoMode, EchoOptions};
 use callbridge::metrics::Metrics;
 use callbridge::server::Server;
+use callbridge_sim::echo::{EchoMode, EchoOptions};
 
 #[derive(Parser)]
 #[command(
@@ -166,7 +167,7 @@ fn echo_realtime(listen: SocketAddr, mode: EchoMode) -> anyhow::Result<()> {
             mode,
             ..EchoOptions::default()
         };
-        callbridge::echo::serve(listener, options, shutdown_signal()).await?;
+        callbridge_sim::echo::serve(listener, options, shutdown_signal()).await?;
         anyhow::Ok(())
     })
 }
