@@ -58,33 +58,88 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// The model's wire protocol: four dialects of two protocols, each served by
+/// one driver behind [`crate::upstream::Driver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
     /// OpenAI's GA Realtime API (`session.type = "realtime"`, `response.output_audio.*`).
     Ga,
-    /// The pre-GA event names, sent with `OpenAI-Beta: realtime=v1`.
+    /// Legacy: the pre-GA Realtime event names, sent with `OpenAI-Beta: realtime=v1`.
+    /// OpenAI shut the beta interface down; kept for compatible third-party servers.
     Beta,
-    /// Azure OpenAI: GA event names, `api-key` header.
+    /// Azure OpenAI's GA Realtime API: GA event names, `api-key` header.
     Azure,
+    /// OpenAI GPT-Live (`/v1/live/sessions`): full duplex, model-driven turns.
+    Live,
+    /// GPT-Live on Azure AI Foundry: the same events, `api-key` header.
+    #[serde(rename = "azure-live")]
+    AzureLive,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 5] = [
+        Dialect::Ga,
+        Dialect::Beta,
+        Dialect::Azure,
+        Dialect::Live,
+        Dialect::AzureLive,
+    ];
+
+    /// True for the GPT-Live protocol, false for Realtime.
+    pub fn is_live(self) -> bool {
+        matches!(self, Dialect::Live | Dialect::AzureLive)
+    }
+
+    /// True where the key goes in an `api-key` header rather than `Authorization: Bearer`.
+    pub fn is_azure(self) -> bool {
+        matches!(self, Dialect::Azure | Dialect::AzureLive)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Ga => "ga",
+            Dialect::Beta => "beta",
+            Dialect::Azure => "azure",
+            Dialect::Live => "live",
+            Dialect::AzureLive => "azure-live",
+        }
+    }
+
+    /// Where the model is when `realtime.url` is not set; Azure endpoints are
+    /// per resource, so they have none.
+    pub fn default_url(self) -> Option<&'static str> {
+        match self {
+            Dialect::Ga | Dialect::Beta => {
+                Some("wss://api.openai.com/v1/realtime?model=gpt-realtime")
+            }
+            Dialect::Live => Some("wss://api.openai.com/v1/live/sessions"),
+            Dialect::Azure | Dialect::AzureLive => None,
+        }
+    }
 }
 
 impl fmt::Display for Dialect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Dialect::Ga => "ga",
-            Dialect::Beta => "beta",
-            Dialect::Azure => "azure",
-        })
+        f.write_str(self.as_str())
     }
 }
+
+/// The GPT-Live model when `realtime.model` is not set.
+pub const DEFAULT_LIVE_MODEL: &str = "gpt-live-1";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RealtimeConfig {
-    /// Realtime endpoint, `wss://` (or `ws://` for local peers).
-    pub url: String,
+    /// The model's endpoint, `wss://` (or `ws://` for local peers); unset: the
+    /// dialect's default ([`Dialect::default_url`]).
+    pub url: Option<String>,
     pub dialect: Dialect,
+    /// GPT-Live only: the model named in `session.start` (default
+    /// [`DEFAULT_LIVE_MODEL`]). Realtime names its model in the URL.
+    pub model: Option<String>,
+    /// GPT-Live only: the Responses model the voice model delegates tool work to.
+    pub delegation_model: String,
     /// Seconds allowed for the TCP + TLS + WebSocket handshake to the model.
     pub connect_timeout: u64,
 }
@@ -95,8 +150,10 @@ pub struct AudioConfig {
     /// `pcm16` transcodes to 24 kHz PCM16; `pcmu` passes μ-law through.
     pub mode: AudioMode,
     /// How far ahead of real time model audio is sent to Twilio, in ms.
-    /// Small keeps barge-in precise; large rides out jitter.
-    pub playout_lead_ms: u64,
+    /// Small keeps barge-in precise; large rides out jitter. Unset: the
+    /// protocol's default (200 for Realtime; 60 for GPT-Live, which cannot be
+    /// told what the caller did not hear, so little may be queued at Twilio).
+    pub playout_lead_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +172,9 @@ pub struct TwilioConfig {
 pub struct AgentConfig {
     pub instructions: String,
     pub voice: String,
+    /// An instruction for the model's first words (e.g. "Greet the caller as
+    /// Acme support"); empty: the model waits for the caller to speak.
+    pub greeting: String,
     /// Transcription model for the caller's speech; empty disables transcripts.
     pub transcription_model: String,
     pub turn_detection: TurnDetection,
@@ -169,13 +229,15 @@ impl Default for Config {
             max_calls: CALLS_PER_CORE * cores,
             drain_timeout: 300,
             realtime: RealtimeConfig {
-                url: "wss://api.openai.com/v1/realtime?model=gpt-realtime".into(),
+                url: None,
                 dialect: Dialect::Ga,
+                model: None,
+                delegation_model: "gpt-5.5".into(),
                 connect_timeout: 10,
             },
             audio: AudioConfig {
                 mode: AudioMode::Pcm16,
-                playout_lead_ms: 200,
+                playout_lead_ms: None,
             },
             twilio: TwilioConfig {
                 validate_signatures: true,
@@ -187,6 +249,7 @@ impl Default for Config {
                                Keep answers short and speak naturally."
                     .into(),
                 voice: "marin".into(),
+                greeting: String::new(),
                 transcription_model: "whisper-1".into(),
                 turn_detection: TurnDetection {
                     kind: TurnDetectionKind::ServerVad,
@@ -232,21 +295,41 @@ impl Config {
         if self.max_calls == 0 {
             return Err(ConfigError::key("max_calls", "must be at least 1 (got 0)"));
         }
-        parse_realtime_url(&self.realtime.url)?;
+        self.realtime_url()?;
+        match (&self.realtime.model, self.realtime.dialect.is_live()) {
+            (Some(model), true) if model.trim().is_empty() => {
+                return Err(ConfigError::key("realtime.model", "must not be empty"));
+            }
+            (Some(_), false) => {
+                return Err(ConfigError::key(
+                    "realtime.model",
+                    format!(
+                        "is for the GPT-Live dialects; the {} dialect names its model in realtime.url (?model=…)",
+                        self.realtime.dialect
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if self.realtime.dialect.is_live() && self.realtime.delegation_model.trim().is_empty() {
+            return Err(ConfigError::key(
+                "realtime.delegation_model",
+                "must not be empty",
+            ));
+        }
         if self.realtime.connect_timeout == 0 {
             return Err(ConfigError::key(
                 "realtime.connect_timeout",
                 "must be at least 1 second",
             ));
         }
-        if !(20..=2000).contains(&self.audio.playout_lead_ms) {
-            return Err(ConfigError::key(
-                "audio.playout_lead_ms",
-                format!(
-                    "must be between 20 and 2000 (got {})",
-                    self.audio.playout_lead_ms
-                ),
-            ));
+        if let Some(lead) = self.audio.playout_lead_ms {
+            if !(20..=2000).contains(&lead) {
+                return Err(ConfigError::key(
+                    "audio.playout_lead_ms",
+                    format!("must be between 20 and 2000 (got {lead})"),
+                ));
+            }
         }
         if self.twilio.stream_token_ttl == 0 {
             return Err(ConfigError::key(
@@ -289,6 +372,57 @@ impl Config {
                  (set it in the config file or CALLBRIDGE_PUBLIC_URL)",
             )),
         }
+    }
+
+    /// `realtime.url`, or the dialect's default, parsed and checked.
+    pub fn realtime_url(&self) -> Result<Url, ConfigError> {
+        let dialect = self.realtime.dialect;
+        let raw = match (&self.realtime.url, dialect.default_url()) {
+            (Some(url), _) => url.as_str(),
+            (None, Some(default)) => default,
+            (None, None) => {
+                return Err(ConfigError::key(
+                    "realtime.url",
+                    format!(
+                        "is required for the {dialect} dialect (your resource's endpoint, e.g. {})",
+                        if dialect.is_live() {
+                            "wss://<resource>.openai.azure.com/openai/v1/live/sessions"
+                        } else {
+                            "wss://<resource>.openai.azure.com/openai/v1/realtime?model=<deployment>"
+                        }
+                    ),
+                ))
+            }
+        };
+        let url = parse_realtime_url(raw)?;
+        if dialect.is_live() && url.query().is_some() {
+            return Err(ConfigError::key(
+                "realtime.url",
+                format!(
+                    "GPT-Live takes no query string: the model goes in realtime.model (got {})",
+                    redact_query(&url)
+                ),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// The playout lead in force: `audio.playout_lead_ms`, or the protocol's default.
+    pub fn playout_lead(&self) -> Duration {
+        let ms = self
+            .audio
+            .playout_lead_ms
+            .unwrap_or(if self.realtime.dialect.is_live() {
+                DEFAULT_LIVE_PLAYOUT_LEAD_MS
+            } else {
+                DEFAULT_REALTIME_PLAYOUT_LEAD_MS
+            });
+        Duration::from_millis(ms)
+    }
+
+    /// The GPT-Live model named in `session.start`.
+    pub fn live_model(&self) -> &str {
+        self.realtime.model.as_deref().unwrap_or(DEFAULT_LIVE_MODEL)
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -392,9 +526,34 @@ fn parse_public_url(raw: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// Playout lead for Realtime: enough to ride out jitter; barge-in clears the rest.
+pub const DEFAULT_REALTIME_PLAYOUT_LEAD_MS: u64 = 200;
+/// Playout lead for GPT-Live: what was sent is what was heard, within a chunk.
+pub const DEFAULT_LIVE_PLAYOUT_LEAD_MS: u64 = 60;
+
+/// A URL for logs and errors: scheme, host, port and path, never the query
+/// (an Azure URL may carry a key there).
+pub fn redact_query(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    let mut text = shown.to_string();
+    if url.query().is_some() {
+        text.push_str("?…");
+    }
+    text
+}
+
 /// Parses `realtime.url`: `wss://` for real models, `ws://` for local peers.
 pub fn parse_realtime_url(raw: &str) -> Result<Url, ConfigError> {
-    let bad = |why: &str| ConfigError::key("realtime.url", format!("{why} (got {raw:?})"));
+    // Never echo a query: an Azure URL may carry its key there.
+    let shown = match raw.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => raw.to_owned(),
+    };
+    let bad = |why: &str| ConfigError::key("realtime.url", format!("{why} (got {shown:?})"));
     let url = Url::parse(raw).map_err(|e| bad(&format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "wss" | "ws") {
         return Err(bad("must start with wss:// (or ws:// for a local peer)"));
@@ -510,10 +669,12 @@ mod tests {
     fn defaults_are_valid_and_match_the_design() {
         let c = Config::load(None, &env(&[])).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.realtime.url, None);
         assert_eq!(
-            c.realtime.url,
+            c.realtime_url().unwrap().as_str(),
             "wss://api.openai.com/v1/realtime?model=gpt-realtime"
         );
+        assert_eq!(c.playout_lead(), Duration::from_millis(200));
         assert_eq!(c.realtime.dialect, Dialect::Ga);
         assert_eq!(c.audio.mode, AudioMode::Pcm16);
         assert!(c.twilio.validate_signatures);
@@ -555,7 +716,7 @@ mod tests {
         assert_eq!(c.realtime.dialect, Dialect::Beta);
         assert_eq!(c.audio.mode, AudioMode::Pcmu);
         // Untouched keys keep their defaults.
-        assert_eq!(c.audio.playout_lead_ms, 200);
+        assert_eq!(c.audio.playout_lead_ms, None);
 
         let c = Config::load(
             Some(f.path()),
@@ -579,7 +740,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_calls, 20);
         assert_eq!(c.realtime.dialect, Dialect::Azure);
-        assert!(c.realtime.url.starts_with("wss://res.openai.azure.com"));
+        assert!(c
+            .realtime_url()
+            .unwrap()
+            .as_str()
+            .starts_with("wss://res.openai.azure.com"));
         assert_eq!(c.public_url().unwrap().port(), Some(8443));
         assert_eq!(c.agent.turn_detection.silence_duration_ms, 700);
         assert!(!c.twilio.validate_signatures);
@@ -657,6 +822,69 @@ mod tests {
             assert_eq!(&got_key, key, "{var}={value}: {reason}");
             assert!(!reason.is_empty());
         }
+    }
+
+    #[test]
+    fn live_dialects_have_their_own_defaults_and_checks() {
+        let c = Config::load(None, &env(&[("CALLBRIDGE_REALTIME__DIALECT", "live")])).unwrap();
+        assert_eq!(c.realtime.dialect, Dialect::Live);
+        assert_eq!(
+            c.realtime_url().unwrap().as_str(),
+            "wss://api.openai.com/v1/live/sessions"
+        );
+        assert_eq!(c.live_model(), DEFAULT_LIVE_MODEL);
+        assert_eq!(c.playout_lead(), Duration::from_millis(60));
+
+        let c = Config::load(
+            None,
+            &env(&[
+                ("CALLBRIDGE_REALTIME__DIALECT", "azure-live"),
+                (
+                    "CALLBRIDGE_REALTIME__URL",
+                    "wss://res.openai.azure.com/openai/v1/live/sessions",
+                ),
+                ("CALLBRIDGE_REALTIME__MODEL", "my-deployment"),
+                ("CALLBRIDGE_AUDIO__PLAYOUT_LEAD_MS", "40"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.realtime.dialect.is_live() && c.realtime.dialect.is_azure());
+        assert_eq!(c.live_model(), "my-deployment");
+        assert_eq!(c.playout_lead(), Duration::from_millis(40));
+
+        // Azure has no default endpoint; GPT-Live takes no query (and the
+        // error does not echo it: it may hold a key); Realtime takes no model key.
+        let (key, reason) = key_error(Config::load(
+            None,
+            &env(&[("CALLBRIDGE_REALTIME__DIALECT", "azure-live")]),
+        ));
+        assert_eq!(key, "realtime.url");
+        assert!(reason.contains("required"), "{reason}");
+        let (key, reason) = key_error(Config::load(
+            None,
+            &env(&[
+                ("CALLBRIDGE_REALTIME__DIALECT", "live"),
+                (
+                    "CALLBRIDGE_REALTIME__URL",
+                    "wss://api.openai.com/v1/live/sessions?api-key=sekrit",
+                ),
+            ]),
+        ));
+        assert_eq!(key, "realtime.url");
+        assert!(!reason.contains("sekrit"), "{reason}");
+        let (key, _) = key_error(Config::load(
+            None,
+            &env(&[("CALLBRIDGE_REALTIME__MODEL", "gpt-live-1")]),
+        ));
+        assert_eq!(key, "realtime.model");
+        let (_, reason) = key_error(Config::load(
+            None,
+            &env(&[(
+                "CALLBRIDGE_REALTIME__URL",
+                "https://x.example/v1?api-key=sekrit",
+            )]),
+        ));
+        assert!(!reason.contains("sekrit"), "{reason}");
     }
 
     #[test]

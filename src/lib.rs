@@ -1,9 +1,9 @@
 //! callbridge: puts a speech-to-speech model on a Twilio phone number.
 //!
 //! Twilio streams a call's 8 kHz G.711 μ-law audio over a WebSocket (Media
-//! Streams); callbridge relays it to a model speaking the OpenAI Realtime
-//! protocol and plays the model's answer back to the caller, stopping at once
-//! when the caller talks over it.
+//! Streams); callbridge relays it to a speech-to-speech model (the OpenAI
+//! Realtime protocol, or GPT-Live) and plays the model's answer back to the
+//! caller, stopping at once when the caller talks over it.
 //!
 //! # Layout
 //!
@@ -14,11 +14,15 @@
 //!   transcoders, and the offline converter behind `callbridge audio convert`.
 //! - [`twilio`]: pure Twilio protocol code: Media Streams messages, request
 //!   signatures, per-call stream tokens, TwiML.
-//! - [`realtime`]: the OpenAI Realtime protocol: server events of both
-//!   dialects mapped to one type, client event writers, `session.update` per
-//!   dialect, and the client socket (the one module that touches it).
+//! - [`ws`]: the WebSocket message types both legs share, and the adapter
+//!   for the model's socket (below both `call` and `upstream`: no cycles).
+//! - [`upstream`]: the model side behind one interface ([`upstream::Driver`]):
+//!   the OpenAI Realtime protocol (GA, legacy beta, Azure) and GPT-Live as
+//!   pure protocol drivers, and the client socket (the one module that
+//!   touches it).
 //! - [`call`]: one call: the Media Stream handshake, the relay loop (generic
-//!   over `Sink`/`Stream`), and the pure pacing + mark ledger behind barge-in.
+//!   over `Sink`/`Stream` and over the driver), the pure pacing + mark ledger
+//!   behind barge-in, and the tool runner interface.
 //! - [`metrics`]: every Prometheus metric, defined once; lock-free on the
 //!   per-frame path.
 //! - [`server`]: the axum server: `/voice`, `/media`, `/stream-status`,
@@ -34,6 +38,7 @@ pub mod audio;
 pub mod call;
 pub mod config;
 pub mod metrics;
-pub mod realtime;
 pub mod server;
 pub mod twilio;
+pub mod upstream;
+pub mod ws;

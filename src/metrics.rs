@@ -20,6 +20,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
+/// Labels whose values come from config (tool names): bounded, but not static.
+type LabelsOwned = Vec<(String, String)>;
 
 /// Latency buckets, seconds: fine below 10 ms (relay, barge-in), coarse above.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -198,14 +200,14 @@ impl Reject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Twilio,
-    Realtime,
+    Model,
 }
 
 /// Pre-resolved series for one label combination each.
 #[derive(Clone)]
 pub struct Rejects {
     twilio: [Counter; 6],
-    realtime: [Counter; 6],
+    model: [Counter; 6],
 }
 
 impl Rejects {
@@ -213,7 +215,7 @@ impl Rejects {
         let i = Reject::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         let set = match source {
             Source::Twilio => &self.twilio,
-            Source::Realtime => &self.realtime,
+            Source::Model => &self.model,
         };
         set[i].inc();
     }
@@ -232,6 +234,7 @@ pub struct Metrics {
     pub dropped_in_gap: Counter,
     pub dropped_out_stale: Counter,
     pub dropped_out_overflow: Counter,
+    pub dropped_in_not_ready: Counter,
     pub rejected: Rejects,
     pub bargeins: Counter,
     pub truncations_sent: Counter,
@@ -239,6 +242,9 @@ pub struct Metrics {
     pub upstream_reconnects: Family<Labels1, Counter>,
     pub tokens_input: Counter,
     pub tokens_output: Counter,
+    pub model_seconds: Counter<f64, AtomicU64>,
+    tool_calls: Family<LabelsOwned, Counter>,
+    tool_duration: Family<LabelsOwned, AtomicHistogram, HistCtor>,
     errors_total: Family<Labels1, Counter>,
     pub turn_latency: AtomicHistogram,
     pub first_audio: AtomicHistogram,
@@ -304,6 +310,9 @@ impl Metrics {
         let dropped_out_overflow = dropped
             .get_or_create(&[("direction", "outbound"), ("reason", "queue_full")])
             .clone();
+        let dropped_in_not_ready = dropped
+            .get_or_create(&[("direction", "inbound"), ("reason", "session_not_ready")])
+            .clone();
 
         let rejected_family = Family::<Labels2, Counter>::default();
         r.register(
@@ -320,7 +329,7 @@ impl Metrics {
         };
         let rejected = Rejects {
             twilio: resolve("twilio"),
-            realtime: resolve("realtime"),
+            model: resolve("model"),
         };
 
         let bargeins = Counter::default();
@@ -352,6 +361,18 @@ impl Metrics {
         );
         let tokens_input = tokens.get_or_create(&[("kind", "input")]).clone();
         let tokens_output = tokens.get_or_create(&[("kind", "output")]).clone();
+        let model_seconds = Counter::<f64, AtomicU64>::default();
+        r.register(
+            "model_session_seconds",
+            "Model session time billed by the second (GPT-Live), as reported by the model",
+            model_seconds.clone(),
+        );
+        let tool_calls = Family::<LabelsOwned, Counter>::default();
+        r.register(
+            "tool_calls",
+            "Tool calls run for the model, by tool name and outcome",
+            tool_calls.clone(),
+        );
         let errors_total = Family::<Labels1, Counter>::default();
         r.register("errors", "Errors, by kind", errors_total.clone());
 
@@ -397,6 +418,15 @@ impl Metrics {
         );
         let relay_in = relay.get_or_create(&[("direction", "inbound")]).clone();
         let relay_out = relay.get_or_create(&[("direction", "outbound")]).clone();
+        let tool_duration = Family::<LabelsOwned, AtomicHistogram, HistCtor>::new_with_constructor(
+            HistCtor(LATENCY_BUCKETS),
+        );
+        r.register_with_unit(
+            "tool_duration",
+            "Time a tool call took, by tool name",
+            Unit::Seconds,
+            tool_duration.clone(),
+        );
 
         Metrics {
             registry: Arc::new(r),
@@ -409,6 +439,7 @@ impl Metrics {
             dropped_in_gap,
             dropped_out_stale,
             dropped_out_overflow,
+            dropped_in_not_ready,
             rejected,
             bargeins,
             truncations_sent,
@@ -416,6 +447,9 @@ impl Metrics {
             upstream_reconnects,
             tokens_input,
             tokens_output,
+            model_seconds,
+            tool_calls,
+            tool_duration,
             errors_total,
             turn_latency,
             first_audio,
@@ -438,6 +472,28 @@ impl Metrics {
     pub fn calls_total(&self, outcome: Outcome) -> u64 {
         self.calls_total
             .get_or_create(&[("outcome", outcome.as_str())])
+            .get()
+    }
+
+    /// Once per tool call. `name` comes from config, so the label set is bounded.
+    pub fn tool_call(&self, name: &str, outcome: &'static str, took: Duration) {
+        self.tool_calls
+            .get_or_create(&vec![
+                ("name".to_owned(), name.to_owned()),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ])
+            .inc();
+        self.tool_duration
+            .get_or_create(&vec![("name".to_owned(), name.to_owned())])
+            .observe_duration(took);
+    }
+
+    pub fn tool_calls(&self, name: &str, outcome: &str) -> u64 {
+        self.tool_calls
+            .get_or_create(&vec![
+                ("name".to_owned(), name.to_owned()),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ])
             .get()
     }
 

@@ -27,15 +27,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
-use crate::call::bridge::{self, CallParams};
+use crate::call::bridge::{self, CallParams, Model};
 use crate::call::handshake::{await_start, HandshakeError};
+use crate::call::tools::{NoTools, ToolRunner};
 use crate::call::{close_code, WsIn, WsOut};
+use crate::config::redact_query;
 use crate::config::{Config, ConfigError, Secrets};
 use crate::metrics::{Metrics, Outcome};
-use crate::realtime::client::{ConnectError, RealtimeEndpoint};
-use crate::realtime::session::session_update;
 use crate::twilio::token::StreamTokens;
 use crate::twilio::{signature, twiml};
+use crate::upstream::client::{ConnectError, ModelEndpoint};
+use crate::upstream::{driver_for, SessionSpec};
 
 /// Twilio must send `start` this soon after the upgrade.
 const START_DEADLINE: Duration = Duration::from_secs(5);
@@ -62,7 +64,8 @@ pub enum ServeError {
 struct Shared {
     config: Config,
     public: Url,
-    endpoint: RealtimeEndpoint,
+    endpoint: ModelEndpoint,
+    tools: Arc<dyn ToolRunner>,
     auth_tokens: Vec<String>,
     stream_tokens: StreamTokens,
     metrics: Metrics,
@@ -83,12 +86,22 @@ impl Server {
     /// Checks everything that would make a call fail later: `public_url`,
     /// the API key for OpenAI's own endpoints, the Twilio auth token.
     pub fn new(config: Config, secrets: Secrets, metrics: Metrics) -> Result<Server, ServeError> {
+        Self::with_tools(config, secrets, metrics, Arc::new(NoTools))
+    }
+
+    /// Like [`Server::new`], with `tools` running the model's function calls.
+    pub fn with_tools(
+        config: Config,
+        secrets: Secrets,
+        metrics: Metrics,
+        tools: Arc<dyn ToolRunner>,
+    ) -> Result<Server, ServeError> {
         // Configs built in code (tests, the demo) get the same checks as loaded ones.
         config.validate()?;
         let public = config.public_url()?;
-        let realtime_url = crate::config::parse_realtime_url(&config.realtime.url)?;
-        if secrets.openai_api_key.is_none() && RealtimeEndpoint::needs_api_key(&realtime_url) {
-            return Err(ServeError::MissingApiKey(config.realtime.url.clone()));
+        let realtime_url = config.realtime_url()?;
+        if secrets.openai_api_key.is_none() && ModelEndpoint::needs_api_key(&realtime_url) {
+            return Err(ServeError::MissingApiKey(redact_query(&realtime_url)));
         }
         let auth_tokens: Vec<String> = [
             &secrets.twilio_auth_token,
@@ -125,7 +138,7 @@ impl Server {
             &token_key,
             Duration::from_secs(config.twilio.stream_token_ttl),
         );
-        let endpoint = RealtimeEndpoint::new(
+        let endpoint = ModelEndpoint::new(
             realtime_url,
             config.realtime.dialect,
             secrets.openai_api_key.clone(),
@@ -137,6 +150,7 @@ impl Server {
                 config,
                 public,
                 endpoint,
+                tools,
                 auth_tokens,
                 stream_tokens,
                 metrics,
@@ -511,7 +525,7 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         Err(err) => {
             m.error("upstream_connect");
             m.call_ended(Outcome::UpstreamFailed);
-            tracing::error!(call_sid = %call_sid, error = %err, "cannot open the Realtime session");
+            tracing::error!(call_sid = %call_sid, error = %err, "cannot open the model session");
             let _ = twilio_tx
                 .send(WsOut::Close(close_code::INTERNAL, "model unavailable"))
                 .await;
@@ -526,17 +540,21 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         call_sid: call_sid.clone(),
         stream_sid: start.stream_sid.clone(),
         mode: cfg.audio.mode,
-        playout_lead: Duration::from_millis(cfg.audio.playout_lead_ms),
-        session_update: session_update(cfg.realtime.dialect, cfg.audio.mode, &cfg.agent)
-            .to_string(),
+        playout_lead: cfg.playout_lead(),
+        greeting: cfg.agent.greeting.clone(),
+    };
+    let model = Model {
+        driver: driver_for(SessionSpec::from_config(cfg, shared.tools.specs())),
+        tx: model_tx,
+        rx: model_rx,
     };
     let summary = bridge::run(
         params,
         m.clone(),
+        shared.tools.clone(),
         twilio_tx,
         twilio_rx,
-        model_tx,
-        model_rx,
+        model,
         shared.close_calls.clone(),
     )
     .await;
@@ -552,6 +570,7 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         frames_in = summary.frames_in,
         frames_out = summary.frames_out,
         rejected = summary.rejected,
+        tool_calls = summary.tool_calls,
         reason = summary.reason.as_deref().unwrap_or(""),
         "call ended"
     );

@@ -100,6 +100,7 @@ async fn full_turn(dialect: Dialect, mode: AudioMode, name: &str) {
             assert_eq!(header("api-key").as_deref(), Some(API_KEY));
             assert_eq!(header("authorization"), None);
         }
+        Dialect::Live | Dialect::AzureLive => unreachable!("Realtime scenarios only"),
     }
     save_client_events(name, dialect, &events);
 }
@@ -271,8 +272,8 @@ async fn benign_errors_do_not_end_the_call_and_fatal_ones_do() {
         bridge.metrics.calls_total(Outcome::UpstreamFailed) == 1
     })
     .await;
-    assert_eq!(bridge.metrics.errors("realtime_fatal"), 1);
-    assert_eq!(bridge.metrics.errors("realtime_error"), 0);
+    assert_eq!(bridge.metrics.errors("model_fatal"), 1);
+    assert_eq!(bridge.metrics.errors("model_error"), 0);
 }
 
 #[tokio::test]

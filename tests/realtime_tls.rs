@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use callbridge::call::{WsIn, WsOut};
 use callbridge::config::{Dialect, Secret};
-use callbridge::realtime::client::{ConnectError, RealtimeEndpoint};
+use callbridge::upstream::client::{ConnectError, ModelEndpoint};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -81,7 +81,7 @@ async fn wss_carries_events_both_ways_with_the_dialect_headers() {
     let (port, cert, headers) = tls_peer().await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
-    let endpoint = RealtimeEndpoint::with_roots(
+    let endpoint = ModelEndpoint::with_roots(
         url(port),
         Dialect::Beta,
         Some(Secret::new("sk-tls-test")),
@@ -114,7 +114,7 @@ async fn an_untrusted_certificate_is_refused() {
     let (port, _cert, headers) = tls_peer().await;
     // The public web PKI does not trust a self-signed certificate.
     let endpoint =
-        RealtimeEndpoint::new(url(port), Dialect::Ga, None, Duration::from_secs(5)).unwrap();
+        ModelEndpoint::new(url(port), Dialect::Ga, None, Duration::from_secs(5)).unwrap();
     match endpoint.connect().await {
         Err(ConnectError::Io(msg)) => assert!(msg.to_lowercase().contains("certificate"), "{msg}"),
         Err(other) => panic!("expected a TLS certificate error, got {other}"),

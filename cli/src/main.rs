@@ -137,7 +137,8 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!(
             listen = %listener.local_addr()?,
             public_url = config.public_url.as_deref().unwrap_or(""),
-            realtime = %config.realtime.url,
+            // Never the query: an Azure URL may carry a key there.
+            model_url = %config.realtime_url().map(|u| callbridge::config::redact_query(&u)).unwrap_or_default(),
             dialect = %config.realtime.dialect,
             audio_mode = %config.audio.mode,
             max_calls = config.max_calls,

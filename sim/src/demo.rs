@@ -66,7 +66,7 @@ pub async fn run(
         public_url: Some(format!("http://{addr}")),
         ..Config::default()
     };
-    config.realtime.url = format!("ws://{peer_addr}/v1/realtime?model=echo");
+    config.realtime.url = Some(format!("ws://{peer_addr}/v1/realtime?model=echo"));
     config.audio.mode = mode;
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| SimError::Options(e.to_string()))?;

@@ -1,26 +1,28 @@
-//! The relay for one call: Twilio ⇄ model, with pacing and barge-in.
+//! The relay for one call: Twilio ⇄ model, with pacing, barge-in and tools.
 //!
 //! One task per call, one `select!` loop over: the caller's frames, the
-//! model's events, the playout timer and the shutdown signal. Both sockets
-//! are generic `Sink`/`Stream`s of [`WsIn`]/[`WsOut`]. Per-frame work reuses
+//! model's events, the playout timer, the tool calls in flight and the
+//! shutdown signal. Both sockets are generic `Sink`/`Stream`s of
+//! [`WsIn`]/[`WsOut`]; the model's protocol is a [`Driver`], so nothing here
+//! knows whether the call speaks Realtime or GPT-Live. Per-frame work reuses
 //! the call's buffers; the only allocation per message is the message itself,
 //! which the socket takes ownership of.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 
 use base64::Engine as _;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::playout::{MarkEcho, Playout};
+use super::tools::{CallContext, ToolFuture, ToolRunner};
 use super::{close_code, WsIn, WsOut};
 use crate::audio::{AudioMode, InboundTranscoder, OutboundTranscoder};
 use crate::metrics::{Metrics, Outcome, Reject, Source};
-use crate::realtime::events::{
-    parse_server_event, write_append, write_response_cancel, write_truncate, ServerEvent,
-};
 use crate::twilio::messages::{self, parse_inbound, Inbound, MessageError};
+use crate::upstream::{Driver, Heard, ModelEvent, Role, TalkOver, ToolCall, ToolOutput, Turn};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -33,6 +35,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bad frames tolerated in a burst, and how fast the allowance refills.
 const BAD_FRAME_BURST: f64 = 20.0;
 const BAD_FRAME_REFILL_PER_SEC: f64 = 2.0;
+/// After the caller hangs up, how long to wait for the model to confirm the
+/// end of the session (and report its final usage).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything the bridge needs to know about the call.
 #[derive(Debug, Clone)]
@@ -41,8 +46,8 @@ pub struct CallParams {
     pub stream_sid: String,
     pub mode: AudioMode,
     pub playout_lead: Duration,
-    /// The `session.update` to send first (and again after a reconnect).
-    pub session_update: String,
+    /// An instruction for the model's first words; empty: wait for the caller.
+    pub greeting: String,
 }
 
 /// What happened, for the end-of-call log line and metrics.
@@ -54,6 +59,9 @@ pub struct CallSummary {
     pub frames_in: u64,
     pub frames_out: u64,
     pub rejected: u64,
+    pub tool_calls: u32,
+    /// The conversation as text, one entry per turn.
+    pub transcript: Vec<Turn>,
     /// Why it ended, when it did not end normally.
     pub reason: Option<String>,
 }
@@ -67,14 +75,21 @@ fn end(outcome: Outcome, why: impl Into<String>) -> End {
     End(outcome, Some(why.into()))
 }
 
+/// The model's side of a call: its protocol driver and its socket.
+pub struct Model<MS, MR> {
+    pub driver: Box<dyn Driver>,
+    pub tx: MS,
+    pub rx: MR,
+}
+
 /// Runs the call until either side ends it or `shutdown` fires.
 pub async fn run<TS, TR, MS, MR, E1, E2>(
     params: CallParams,
     metrics: Metrics,
+    tools: Arc<dyn ToolRunner>,
     twilio_tx: TS,
     mut twilio_rx: TR,
-    model_tx: MS,
-    mut model_rx: MR,
+    model: Model<MS, MR>,
     shutdown: CancellationToken,
 ) -> CallSummary
 where
@@ -83,11 +98,19 @@ where
     MS: Sink<WsOut, Error = E2> + Unpin,
     MR: Stream<Item = WsIn> + Unpin,
 {
-    let mut call = Bridge::new(params, metrics, twilio_tx, model_tx);
+    let Model {
+        driver,
+        tx: model_tx,
+        rx: mut model_rx,
+    } = model;
+    let mut call = Bridge::new(params, metrics, tools, driver, twilio_tx, model_tx);
     let result = call
         .run_loop(&mut twilio_rx, &mut model_rx, &shutdown)
         .await;
     let End(outcome, reason) = result;
+    if matches!(outcome, Outcome::Completed | Outcome::CallerGone) {
+        call.close_model(&mut model_rx).await;
+    }
     let twilio_code = match outcome {
         Outcome::ProtocolError | Outcome::Unauthorized => close_code::POLICY,
         Outcome::Drained => close_code::GOING_AWAY,
@@ -109,15 +132,43 @@ where
         frames_in: call.frames_in,
         frames_out: call.frames_out,
         rejected: call.rejected,
+        tool_calls: call.tool_calls,
+        transcript: call.transcript,
         reason,
     }
+}
+
+/// One tool call in flight: its batch, and when it started.
+type Running = std::pin::Pin<Box<dyn std::future::Future<Output = Finished> + Send>>;
+
+struct Finished {
+    batch: u64,
+    name: String,
+    output: ToolOutput,
+    took: Duration,
+}
+
+/// The calls of one answer: the model is answered once all have outputs.
+struct Batch {
+    id: u64,
+    remaining: usize,
+    outputs: Vec<ToolOutput>,
 }
 
 struct Bridge<TS, MS> {
     p: CallParams,
     m: Metrics,
+    tools: Arc<dyn ToolRunner>,
+    ctx: CallContext,
+    driver: Box<dyn Driver>,
     twilio_tx: TS,
     model_tx: MS,
+    /// Client events the driver produced, sent in order (the Vec is reused).
+    outbox: Vec<String>,
+    running: FuturesUnordered<Running>,
+    batches: Vec<Batch>,
+    next_batch: u64,
+    greeted: bool,
     inbound: InboundTranscoder,
     outbound: OutboundTranscoder,
     playout: Playout,
@@ -127,9 +178,6 @@ struct Bridge<TS, MS> {
     b64: String,
     /// Media messages of the chunk being sent (the Vec is reused).
     frames_pending: Vec<String>,
-    active_response: Option<String>,
-    /// Responses cancelled by barge-in whose late deltas must be dropped.
-    cancelled: VecDeque<String>,
     speech_stopped_at: Option<Instant>,
     started: Instant,
     first_audio_sent: bool,
@@ -141,6 +189,8 @@ struct Bridge<TS, MS> {
     frames_in: u64,
     frames_out: u64,
     rejected: u64,
+    tool_calls: u32,
+    transcript: Vec<Turn>,
 }
 
 impl<TS, MS, E1, E2> Bridge<TS, MS>
@@ -148,22 +198,38 @@ where
     TS: Sink<WsOut, Error = E1> + Unpin,
     MS: Sink<WsOut, Error = E2> + Unpin,
 {
-    fn new(p: CallParams, m: Metrics, twilio_tx: TS, model_tx: MS) -> Self {
+    fn new(
+        p: CallParams,
+        m: Metrics,
+        tools: Arc<dyn ToolRunner>,
+        driver: Box<dyn Driver>,
+        twilio_tx: TS,
+        model_tx: MS,
+    ) -> Self {
         let now = Instant::now();
         Bridge {
             inbound: InboundTranscoder::new(p.mode),
             outbound: OutboundTranscoder::new(p.mode),
             playout: Playout::new(p.playout_lead),
+            ctx: CallContext {
+                call_sid: p.call_sid.clone(),
+                stream_sid: p.stream_sid.clone(),
+            },
             p,
             m,
+            tools,
+            driver,
             twilio_tx,
             model_tx,
+            outbox: Vec::with_capacity(4),
+            running: FuturesUnordered::new(),
+            batches: Vec::new(),
+            next_batch: 0,
+            greeted: false,
             ulaw_in: Vec::with_capacity(512),
             model_audio: Vec::with_capacity(16 << 10),
             b64: String::with_capacity(2048),
             frames_pending: Vec::with_capacity(8),
-            active_response: None,
-            cancelled: VecDeque::with_capacity(4),
             speech_stopped_at: None,
             started: now,
             first_audio_sent: false,
@@ -175,6 +241,8 @@ where
             frames_in: 0,
             frames_out: 0,
             rejected: 0,
+            tool_calls: 0,
+            transcript: Vec::new(),
         }
     }
 
@@ -188,9 +256,14 @@ where
         TR: Stream<Item = WsIn> + Unpin,
         MR: Stream<Item = WsIn> + Unpin,
     {
-        let session_update = self.p.session_update.clone();
-        if let Err(e) = self.send_model(session_update).await {
+        self.driver.open(&[], &mut self.outbox);
+        if let Err(e) = self.flush_outbox().await {
             return e;
+        }
+        if self.driver.ready() {
+            if let Err(e) = self.greet().await {
+                return e;
+            }
         }
         loop {
             let wake = self.playout.next_send_at(Instant::now());
@@ -209,12 +282,15 @@ where
                         format!("the model closed the socket (code {code:?})"),
                     )),
                     Some(WsIn::Binary(_)) => {
-                        self.m.rejected.inc(Source::Realtime, Reject::Binary);
+                        self.m.rejected.inc(Source::Model, Reject::Binary);
                         Ok(())
                     }
                     Some(WsIn::Text(text)) => self.on_model(&text).await,
                 },
                 _ = sleep_until_opt(wake) => self.pump().await,
+                Some(done) = self.running.next(), if !self.running.is_empty() => {
+                    self.tool_finished(done).await
+                }
             };
             if let Err(e) = step {
                 return e;
@@ -258,10 +334,137 @@ where
                 "cannot write to the model's socket",
             )),
             Err(_) => {
-                self.m.error("realtime_write_timeout");
+                self.m.error("model_write_timeout");
                 Err(end(Outcome::UpstreamFailed, "the model stopped reading"))
             }
         }
+    }
+
+    /// Sends what the driver queued, in order.
+    async fn flush_outbox(&mut self) -> Step {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let mut queued = std::mem::take(&mut self.outbox);
+        let mut result = Ok(());
+        for msg in queued.drain(..) {
+            if result.is_ok() {
+                result = self.send_model(msg).await;
+            }
+        }
+        self.outbox = queued;
+        result
+    }
+
+    /// The model speaks first, once per call, when a greeting is configured.
+    async fn greet(&mut self) -> Step {
+        if self.greeted || self.p.greeting.is_empty() {
+            return Ok(());
+        }
+        self.greeted = true;
+        let greeting = std::mem::take(&mut self.p.greeting);
+        self.driver.speak(&greeting, &mut self.outbox);
+        self.flush_outbox().await
+    }
+
+    /// After the caller hung up: asks the model to end the session and, where
+    /// the protocol confirms it, waits briefly for the confirmation and the
+    /// final usage.
+    async fn close_model<MR>(&mut self, model_rx: &mut MR)
+    where
+        MR: Stream<Item = WsIn> + Unpin,
+    {
+        let confirms = self.driver.close(&mut self.outbox);
+        if self.flush_outbox().await.is_err() || !confirms {
+            return;
+        }
+        let wait = async {
+            while let Some(WsIn::Text(frame)) = model_rx.next().await {
+                if let Ok(ModelEvent::Closed { usage }) =
+                    self.driver.on_frame(&frame, &mut Vec::new())
+                {
+                    self.count_usage(usage);
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(CLOSE_WAIT, wait).await.is_err() {
+            tracing::debug!(call_sid = %self.p.call_sid, "the model did not confirm the end of the session");
+        }
+    }
+
+    fn count_usage(&self, usage: crate::upstream::Usage) {
+        self.m.tokens_input.inc_by(usage.input_tokens);
+        self.m.tokens_output.inc_by(usage.output_tokens);
+        if usage.seconds > 0.0 {
+            self.m.model_seconds.inc_by(usage.seconds);
+        }
+    }
+
+    /// Starts every call of one finished answer; they run beside the relay.
+    fn start_tools(&mut self, calls: Vec<ToolCall>) {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.batches.push(Batch {
+            id,
+            remaining: calls.len(),
+            outputs: Vec::with_capacity(calls.len()),
+        });
+        for call in calls {
+            self.tool_calls += 1;
+            tracing::info!(call_sid = %self.p.call_sid, tool = %call.name, "tool call");
+            let name = call.name.clone();
+            let call_id = call.call_id.clone();
+            let started = Instant::now();
+            let future: ToolFuture = self.tools.run(call, &self.ctx);
+            self.running.push(Box::pin(async move {
+                let output = future.await;
+                Finished {
+                    batch: id,
+                    name,
+                    output: ToolOutput { call_id, output },
+                    took: started.elapsed(),
+                }
+            }));
+        }
+    }
+
+    /// One tool call finished; a complete batch is answered at once.
+    async fn tool_finished(&mut self, done: Finished) -> Step {
+        tracing::info!(call_sid = %self.p.call_sid, tool = %done.name, took_ms = done.took.as_millis() as u64, "tool call finished");
+        let Some(pos) = self.batches.iter().position(|b| b.id == done.batch) else {
+            return Ok(());
+        };
+        let batch = &mut self.batches[pos];
+        batch.outputs.push(done.output);
+        batch.remaining = batch.remaining.saturating_sub(1);
+        if batch.remaining > 0 {
+            return Ok(());
+        }
+        let batch = self.batches.remove(pos);
+        self.driver.tool_outputs(&batch.outputs, &mut self.outbox);
+        self.flush_outbox().await
+    }
+
+    /// Words of the conversation, grouped into turns by speaker.
+    fn record_transcript(&mut self, role: Role, text: &str, delta: bool) {
+        if text.trim().is_empty() {
+            return;
+        }
+        match self.transcript.last_mut() {
+            Some(turn) if turn.role == role => {
+                if !delta && !turn.text.ends_with(' ') && !text.starts_with(' ') {
+                    turn.text.push(' ');
+                }
+                turn.text.push_str(text);
+            }
+            _ => self.transcript.push(Turn {
+                role,
+                text: text.trim_start().to_owned(),
+            }),
+        }
+        // The words themselves never reach the logs: they are the caller's.
+        tracing::debug!(call_sid = %self.p.call_sid, role = ?role, bytes = text.len(), "transcript");
     }
 
     /// Counts a bad frame from Twilio; a burst of them ends the call.
@@ -313,9 +516,14 @@ where
                 {
                     return self.bad_twilio(Reject::BadBase64);
                 }
+                if !self.driver.ready() {
+                    // The session is not configured yet: never burst old audio at it.
+                    self.m.dropped_in_not_ready.inc();
+                    return Ok(());
+                }
                 let audio = self.inbound.transcode(&self.ulaw_in);
                 let mut msg = String::new();
-                write_append(&mut msg, audio);
+                self.driver.append_audio(audio, &mut msg);
                 self.send_model(msg).await?;
                 self.frames_in += 1;
                 self.m.frames_in.inc();
@@ -327,8 +535,9 @@ where
                 }
             }
             Inbound::Stop { .. } => return Err(End(Outcome::Completed, None)),
-            Inbound::Dtmf { dtmf, .. } => {
-                tracing::info!(call_sid = %self.p.call_sid, digit = %dtmf.digit, "dtmf");
+            Inbound::Dtmf { .. } => {
+                // Digits may be PINs or card numbers: never logged.
+                tracing::debug!(call_sid = %self.p.call_sid, "dtmf");
             }
             Inbound::Connected { .. } | Inbound::Start { .. } => {
                 tracing::debug!(call_sid = %self.p.call_sid, "repeated connected/start ignored");
@@ -339,112 +548,102 @@ where
 
     async fn on_model(&mut self, frame: &[u8]) -> Step {
         let received = Instant::now();
-        let event = match parse_server_event(frame) {
+        let event = match self.driver.on_frame(frame, &mut self.outbox) {
             Ok(event) => event,
             Err(e) => {
-                self.m.rejected.inc(Source::Realtime, Reject::Malformed);
+                self.m.rejected.inc(Source::Model, Reject::Malformed);
                 tracing::warn!(call_sid = %self.p.call_sid, error = %e, "malformed event from the model");
                 return Ok(());
             }
         };
         match event {
-            ServerEvent::AudioDelta {
-                response_id,
-                item_id,
-                delta,
-            } => {
-                if self.cancelled.iter().any(|c| *c == response_id) {
-                    self.m.dropped_out_stale.inc();
-                    return Ok(());
-                }
+            ModelEvent::Audio { item, b64 } => {
                 self.model_audio.clear();
                 if B64
-                    .decode_vec(delta.as_bytes(), &mut self.model_audio)
+                    .decode_vec(b64.as_bytes(), &mut self.model_audio)
                     .is_err()
                 {
-                    self.m.rejected.inc(Source::Realtime, Reject::BadBase64);
+                    self.m.rejected.inc(Source::Model, Reject::BadBase64);
                     return Ok(());
                 }
                 match self.outbound.transcode(&self.model_audio) {
                     Ok(ulaw) => {
-                        if !self.playout.push(&item_id, ulaw) {
+                        if !self.playout.push(&item, ulaw) {
                             self.m.dropped_out_overflow.inc();
                         }
                     }
                     Err(_) => {
-                        self.m.rejected.inc(Source::Realtime, Reject::BadAudio);
+                        self.m.rejected.inc(Source::Model, Reject::BadAudio);
                         return Ok(());
                     }
                 }
                 self.pump().await?;
                 self.m.relay_out.observe_duration(received.elapsed());
             }
-            ServerEvent::AudioDone {
-                item_id,
-                response_id,
-            } => {
-                if !self.cancelled.iter().any(|c| *c == response_id) {
-                    let tail = self.outbound.flush();
-                    if !self.playout.push(&item_id, tail) {
-                        self.m.dropped_out_overflow.inc();
-                    }
-                    self.pump().await?;
+            ModelEvent::StaleAudio => {
+                self.m.dropped_out_stale.inc();
+            }
+            ModelEvent::AudioDone { item } => {
+                let tail = self.outbound.flush();
+                if !self.playout.push(&item, tail) {
+                    self.m.dropped_out_overflow.inc();
+                }
+                self.pump().await?;
+            }
+            ModelEvent::CallerStarted => {
+                if self.driver.talk_over() == TalkOver::Interrupt {
+                    self.barge_in(received).await?;
                 }
             }
-            ServerEvent::SpeechStarted { .. } => self.barge_in(received).await?,
-            ServerEvent::SpeechStopped { .. } => {
+            ModelEvent::CallerStopped => {
                 self.turns += 1;
                 self.speech_stopped_at = Some(received);
             }
-            ServerEvent::ResponseCreated { response_id } => {
-                self.active_response = Some(response_id.into_owned());
-            }
-            ServerEvent::ResponseDone(done) => {
-                if self.active_response.as_deref() == Some(done.response_id.as_str()) {
-                    self.active_response = None;
-                }
-                if let Some(usage) = done.usage {
-                    self.m.tokens_input.inc_by(usage.input_tokens);
-                    self.m.tokens_output.inc_by(usage.output_tokens);
-                }
-                if done.status == "failed" {
+            ModelEvent::Ready => self.greet().await?,
+            ModelEvent::AnswerDone {
+                tool_calls,
+                usage,
+                failed,
+            } => {
+                self.count_usage(usage);
+                if failed {
                     self.m.error("response_failed");
-                    tracing::warn!(call_sid = %self.p.call_sid, response_id = %done.response_id, "response failed");
+                    tracing::warn!(call_sid = %self.p.call_sid, "the model's answer failed");
+                }
+                if !tool_calls.is_empty() {
+                    self.start_tools(tool_calls);
                 }
             }
-            ServerEvent::InputTranscript { transcript, .. } => {
-                tracing::info!(call_sid = %self.p.call_sid, turn = self.turns, caller = %transcript.trim(), "transcript");
+            ModelEvent::Transcript { role, text, delta } => {
+                self.record_transcript(role, &text, delta);
             }
-            ServerEvent::OutputTranscript { transcript, .. } => {
-                tracing::info!(call_sid = %self.p.call_sid, turn = self.turns, assistant = %transcript.trim(), "transcript");
+            ModelEvent::Usage(usage) => self.count_usage(usage),
+            ModelEvent::Error { code, message } => {
+                self.m.error("model_error");
+                tracing::warn!(call_sid = %self.p.call_sid, code = %code, message = %message, "model error");
             }
-            ServerEvent::Error(err) => {
-                if err.is_benign() {
-                    tracing::debug!(call_sid = %self.p.call_sid, code = err.code(), "benign realtime error");
-                } else if err.is_fatal() {
-                    self.m.error("realtime_fatal");
-                    tracing::error!(call_sid = %self.p.call_sid, code = err.code(), message = err.message.as_deref().unwrap_or(""), "fatal realtime error");
-                    return Err(end(
-                        Outcome::UpstreamFailed,
-                        format!("realtime error {}", err.code()),
-                    ));
-                } else {
-                    self.m.error("realtime_error");
-                    tracing::warn!(call_sid = %self.p.call_sid, code = err.code(), message = err.message.as_deref().unwrap_or(""), "realtime error");
-                }
+            ModelEvent::Fatal { code, message } => {
+                self.m.error("model_fatal");
+                tracing::error!(call_sid = %self.p.call_sid, code = %code, message = %message, "fatal model error");
+                return Err(end(
+                    Outcome::UpstreamFailed,
+                    format!("model error {code}: {message}"),
+                ));
             }
-            ServerEvent::SessionCreated
-            | ServerEvent::SessionUpdated
-            | ServerEvent::Truncated { .. }
-            | ServerEvent::Other(_) => {}
+            ModelEvent::Closed { usage } => {
+                self.count_usage(usage);
+                return Err(end(Outcome::UpstreamFailed, "the model ended the session"));
+            }
+            ModelEvent::None => {}
         }
-        Ok(())
+        self.flush_outbox().await
     }
 
-    /// PROTOCOLS.md §3: clear, cancel, truncate, new generation.
+    /// PROTOCOLS.md §3: clear, then the driver stops the answer and tells the
+    /// model what was heard; a new generation drops stale marks.
     async fn barge_in(&mut self, received: Instant) -> Step {
         let playing = self.playout.is_playing(received);
-        if !playing && self.active_response.is_none() {
+        if !playing && !self.driver.answering() {
             return Ok(());
         }
         self.bargeins += 1;
@@ -457,28 +656,21 @@ where
         }
         let truncation = self.playout.interrupt(Instant::now());
         self.outbound.reset();
-        if let Some(id) = self.active_response.take() {
-            let mut msg = String::with_capacity(64);
-            write_response_cancel(&mut msg, Some(&id));
-            if self.cancelled.len() == 4 {
-                self.cancelled.pop_front();
-            }
-            self.cancelled.push_back(id);
-            self.send_model(msg).await?;
-        }
-        match truncation {
+        let heard = truncation.as_ref().map(|t| Heard {
+            item_id: &t.item_id,
+            audio_end_ms: t.audio_end_ms,
+        });
+        match &truncation {
             Some(t) if t.audio_end_ms > 0 => {
-                let mut msg = String::with_capacity(96);
-                write_truncate(&mut msg, &t.item_id, t.audio_end_ms);
                 self.m.truncations_sent.inc();
                 tracing::debug!(call_sid = %self.p.call_sid, item_id = %t.item_id, audio_end_ms = t.audio_end_ms, acked_ms = t.acked_ms, sent_ms = t.sent_ms, "truncate");
-                self.send_model(msg).await?;
             }
             _ => {
                 self.m.truncations_skipped.inc();
             }
         }
-        Ok(())
+        self.driver.interrupt(heard, &mut self.outbox);
+        self.flush_outbox().await
     }
 
     /// Sends every chunk the lead allows now, each followed by its mark,

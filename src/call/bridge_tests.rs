@@ -10,6 +10,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, PollSender};
 
 use super::*;
+use crate::call::tools::NoTools;
+use crate::config::Config;
+use crate::upstream::{driver_for, SessionSpec};
 
 const SID: &str = "MZ0123456789abcdef0123456789abcdef";
 
@@ -29,6 +32,13 @@ fn stream_of(rx: mpsc::Receiver<WsIn>) -> impl Stream<Item = WsIn> + Unpin {
 }
 
 fn start(mode: AudioMode) -> Harness {
+    let mut config = Config::default();
+    config.audio.mode = mode;
+    start_with(&config, Arc::new(NoTools))
+}
+
+/// A call with the driver `config` selects, and `tools` answering its calls.
+fn start_with(config: &Config, tools: Arc<dyn ToolRunner>) -> Harness {
     let (tt_tx, tt_rx) = mpsc::channel(1024);
     let (tm_tx, tm_rx) = mpsc::channel(1024);
     let (ft_tx, ft_rx) = mpsc::channel(4096);
@@ -37,17 +47,22 @@ fn start(mode: AudioMode) -> Harness {
     let params = CallParams {
         call_sid: "CA1".into(),
         stream_sid: SID.into(),
-        mode,
-        playout_lead: Duration::from_millis(200),
-        session_update: r#"{"type":"session.update","session":{}}"#.into(),
+        mode: config.audio.mode,
+        playout_lead: config.playout_lead(),
+        greeting: config.agent.greeting.clone(),
+    };
+    let model = Model {
+        driver: driver_for(SessionSpec::from_config(config, tools.specs())),
+        tx: PollSender::new(fm_tx),
+        rx: stream_of(tm_rx),
     };
     let task = tokio::spawn(run(
         params,
         metrics.clone(),
+        tools,
         PollSender::new(ft_tx),
         stream_of(tt_rx),
-        PollSender::new(fm_tx),
-        stream_of(tm_rx),
+        model,
         CancellationToken::new(),
     ));
     Harness {
@@ -426,15 +441,20 @@ async fn drain_signal_closes_with_going_away() {
         stream_sid: SID.into(),
         mode: AudioMode::Pcmu,
         playout_lead: Duration::from_millis(200),
-        session_update: "{}".into(),
+        greeting: String::new(),
+    };
+    let model = Model {
+        driver: driver_for(SessionSpec::from_config(&Config::default(), Vec::new())),
+        tx: PollSender::new(fm_tx),
+        rx: stream_of(tm_rx),
     };
     let task = tokio::spawn(run(
         params,
         Metrics::new(),
+        Arc::new(NoTools),
         PollSender::new(ft_tx),
         stream_of(tt_rx),
-        PollSender::new(fm_tx),
-        stream_of(tm_rx),
+        model,
         shutdown.clone(),
     ));
     settle().await;

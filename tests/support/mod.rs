@@ -2,6 +2,7 @@
 //! real server on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod fake_live;
 pub mod fake_realtime;
 pub mod fake_twilio;
 
@@ -42,7 +43,7 @@ impl Bridge {
             public_url: Some(format!("http://{addr}")),
             ..Config::default()
         };
-        config.realtime.url = realtime_url.to_owned();
+        config.realtime.url = Some(realtime_url.to_owned());
         config.realtime.dialect = Dialect::Ga;
         tweak(&mut config);
         config.validate().unwrap();
@@ -126,12 +127,13 @@ pub async fn close_code(ws: &mut fake_twilio::Ws) -> Option<u16> {
 
 /// Saves the client events a test saw, for the conformance check against
 /// the official `openai` package (conformance/check_client_events.py).
-/// `dialect` picks the SDK models: the beta dialect's, or GA's (GA and Azure).
+/// `dialect` picks the SDK models: the beta dialect's, GA's (GA and Azure),
+/// or GPT-Live's (OpenAI and Azure).
 pub fn save_client_events(test: &str, dialect: Dialect, events: &[serde_json::Value]) {
-    let dialect = if dialect == Dialect::Beta {
-        "beta"
-    } else {
-        "ga"
+    let dialect = match dialect {
+        Dialect::Beta => "beta",
+        Dialect::Ga | Dialect::Azure => "ga",
+        Dialect::Live | Dialect::AzureLive => "live",
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/conformance");
     std::fs::create_dir_all(&dir).unwrap();

@@ -10,14 +10,35 @@ use serde_json::{json, Value};
 
 use crate::audio::AudioMode;
 use crate::config::{AgentConfig, Dialect, TurnDetectionKind};
+use crate::upstream::{SessionSpec, ToolSpec};
 
 /// Builds the full `session.update` client event.
-pub fn session_update(dialect: Dialect, mode: AudioMode, agent: &AgentConfig) -> Value {
-    let session = match dialect {
-        Dialect::Ga | Dialect::Azure => ga_session(mode, agent),
+pub fn session_update(spec: &SessionSpec) -> Value {
+    let (mode, agent) = (spec.mode, &spec.agent);
+    let mut session = match spec.dialect {
         Dialect::Beta => beta_session(mode, agent),
+        _ => ga_session(mode, agent),
     };
+    if !spec.tools.is_empty() {
+        session["tools"] = tools(&spec.tools);
+        session["tool_choice"] = json!("auto");
+    }
     json!({"type": "session.update", "session": session})
+}
+
+/// Function tools: the same shape in GA and beta.
+fn tools(specs: &[ToolSpec]) -> Value {
+    specs
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+            })
+        })
+        .collect()
 }
 
 fn ga_session(mode: AudioMode, agent: &AgentConfig) -> Value {
@@ -93,6 +114,14 @@ fn turn_detection(agent: &AgentConfig) -> Value {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    fn session_update(dialect: Dialect, mode: AudioMode, agent: &AgentConfig) -> Value {
+        let mut config = Config::default();
+        config.realtime.dialect = dialect;
+        config.audio.mode = mode;
+        config.agent = agent.clone();
+        super::session_update(&SessionSpec::from_config(&config, Vec::new()))
+    }
 
     #[test]
     fn ga_pcm16_matches_the_documented_shape() {

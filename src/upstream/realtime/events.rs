@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
+use crate::upstream::push_json_str;
+
 /// One server event, as the bridge needs it.
 #[derive(Debug, PartialEq)]
 pub enum ServerEvent<'a> {
@@ -53,9 +55,26 @@ pub enum ServerEvent<'a> {
         item_id: Cow<'a, str>,
         audio_end_ms: u64,
     },
+    /// `response.output_item.done` for a `function_call` item.
+    FunctionCall(FunctionCall),
     Error(ApiError),
     /// A known event the bridge has no use for, or an unknown one: ignored.
     Other(Cow<'a, str>),
+}
+
+/// A function call item, as `response.output_item.done` delivers it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct FunctionCall {
+    #[serde(default)]
+    pub call_id: String,
+    #[serde(default)]
+    pub name: String,
+    /// A JSON text, as the model wrote it.
+    #[serde(default)]
+    pub arguments: String,
+    /// `completed` unless the response was cut short.
+    #[serde(default)]
+    pub status: Option<String>,
 }
 
 /// `response.done`: how the response ended and what it cost.
@@ -104,6 +123,8 @@ const FATAL_ERROR_CODES: &[&str] = &[
     "invalid_api_key",
     "authentication_error",
     "insufficient_quota",
+    "account_deactivated",
+    "billing_hard_limit_reached",
 ];
 
 impl ApiError {
@@ -148,6 +169,16 @@ struct RawEvent<'a> {
     response: Option<RawResponse>,
     #[serde(default)]
     error: Option<ApiError>,
+    #[serde(default)]
+    item: Option<RawItem>,
+}
+
+#[derive(Deserialize)]
+struct RawItem {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(flatten)]
+    call: FunctionCall,
 }
 
 /// serde never borrows through `Option<Cow<str>>` on its own (it always
@@ -193,6 +224,7 @@ const HANDLED: &[&str] = &[
     "response.audio_transcript.done",
     "conversation.item.input_audio_transcription.completed",
     "conversation.item.truncated",
+    "response.output_item.done",
     "error",
 ];
 
@@ -263,6 +295,16 @@ pub fn parse_server_event(frame: &[u8]) -> Result<ServerEvent<'_>, EventError> {
             item_id: raw.item_id.unwrap_or_default(),
             audio_end_ms: raw.audio_end_ms.unwrap_or(0),
         },
+        "response.output_item.done" => match raw.item {
+            Some(item) if item.kind.as_deref() == Some("function_call") => {
+                if item.call.call_id.is_empty() || item.call.name.is_empty() {
+                    return Err(missing("item.call_id/item.name"));
+                }
+                ServerEvent::FunctionCall(item.call)
+            }
+            Some(_) => ServerEvent::Other(raw.kind),
+            None => return Err(missing("item")),
+        },
         "error" => ServerEvent::Error(raw.error.unwrap_or_default()),
         _ => ServerEvent::Other(raw.kind),
     };
@@ -303,12 +345,47 @@ pub fn write_truncate(out: &mut String, item_id: &str, audio_end_ms: u64) {
     let _ = write!(out, r#","content_index":0,"audio_end_ms":{audio_end_ms}}}"#);
 }
 
-fn push_json_str(out: &mut String, s: &str) {
-    // serde_json's string escaping, into the existing buffer.
-    match serde_json::to_string(s) {
-        Ok(quoted) => out.push_str(&quoted),
-        Err(_) => out.push_str("\"\""),
+/// `conversation.item.create` carrying a tool's output.
+pub fn write_function_output(out: &mut String, call_id: &str, output: &str) {
+    out.clear();
+    out.push_str(
+        r#"{"type":"conversation.item.create","item":{"type":"function_call_output","call_id":"#,
+    );
+    push_json_str(out, call_id);
+    out.push_str(r#","output":"#);
+    push_json_str(out, output);
+    out.push_str("}}");
+}
+
+/// `response.create`, with instructions for this response only when given.
+pub fn write_response_create(out: &mut String, instructions: Option<&str>) {
+    out.clear();
+    match instructions {
+        Some(text) => {
+            out.push_str(r#"{"type":"response.create","response":{"instructions":"#);
+            push_json_str(out, text);
+            out.push_str("}}");
+        }
+        None => out.push_str(r#"{"type":"response.create"}"#),
     }
+}
+
+/// `conversation.item.create` with a text message: the conversation so far
+/// replayed into a new session. Assistant text is `output_text` in GA and
+/// `text` in beta.
+pub fn write_text_item(out: &mut String, assistant: bool, beta: bool, text: &str) {
+    out.clear();
+    let (role, part) = match (assistant, beta) {
+        (false, _) => ("user", "input_text"),
+        (true, false) => ("assistant", "output_text"),
+        (true, true) => ("assistant", "text"),
+    };
+    let _ = write!(
+        out,
+        r#"{{"type":"conversation.item.create","item":{{"type":"message","role":"{role}","content":[{{"type":"{part}","text":"#
+    );
+    push_json_str(out, text);
+    out.push_str("}]}}");
 }
 
 #[cfg(test)]

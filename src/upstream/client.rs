@@ -1,33 +1,37 @@
 //! The one module that touches the model's socket: connects to `realtime.url`
-//! with the dialect's headers and adapts tungstenite messages to the bridge's
-//! [`WsIn`]/[`WsOut`].
+//! with the dialect's headers and adapts tungstenite messages to the call
+//! core's [`WsIn`]/[`WsOut`] (see [`crate::ws`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, Stream, StreamExt};
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::Connector;
 use url::Url;
 
-use crate::call::{WsIn, WsOut};
-use crate::config::{Dialect, Secret};
+use crate::config::{redact_query, Dialect, Secret};
+use crate::ws::{adapt_sink, adapt_stream, WsIn, WsOut};
+
+/// Sent on every connection, so the provider can tell the bridge's traffic apart.
+const USER_AGENT: &str = concat!("callbridge/", env!("CARGO_PKG_VERSION"));
 
 /// Model deltas can be large (a whole sentence of audio in one frame).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("connecting to the Realtime endpoint timed out after {0:?}")]
+    #[error("connecting to the model endpoint timed out after {0:?}")]
     Timeout(Duration),
-    #[error("the Realtime endpoint refused the upgrade with HTTP {0}")]
+    #[error("the model endpoint refused the upgrade with HTTP {0}")]
     Http(u16),
-    #[error("cannot reach the Realtime endpoint: {0}")]
+    #[error("cannot reach the model endpoint: {0}")]
     Io(String),
+    #[error("refusing to send the API key over plain ws:// to {0}: use wss:// (plain ws:// is for loopback peers)")]
+    PlainTextKey(String),
     #[error("the API key cannot be sent as an HTTP header value")]
     BadKey,
     #[error("TLS setup failed: {0}")]
@@ -36,7 +40,7 @@ pub enum ConnectError {
 
 /// Where and how to connect; cheap to clone, built once at start-up.
 #[derive(Clone)]
-pub struct RealtimeEndpoint {
+pub struct ModelEndpoint {
     pub url: Url,
     pub dialect: Dialect,
     pub api_key: Option<Secret>,
@@ -44,17 +48,17 @@ pub struct RealtimeEndpoint {
     tls: Arc<rustls::ClientConfig>,
 }
 
-impl std::fmt::Debug for RealtimeEndpoint {
+impl std::fmt::Debug for ModelEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealtimeEndpoint")
-            .field("url", &self.url.as_str())
+        f.debug_struct("ModelEndpoint")
+            .field("url", &redact_query(&self.url))
             .field("dialect", &self.dialect)
             .field("api_key", &self.api_key)
             .finish()
     }
 }
 
-impl RealtimeEndpoint {
+impl ModelEndpoint {
     pub fn new(
         url: Url,
         dialect: Dialect,
@@ -66,7 +70,7 @@ impl RealtimeEndpoint {
         Self::with_roots(url, dialect, api_key, connect_timeout, roots)
     }
 
-    /// Like [`RealtimeEndpoint::new`], trusting `roots` instead of the public
+    /// Like [`ModelEndpoint::new`], trusting `roots` instead of the public
     /// web PKI (a private CA, or a test server's self-signed certificate).
     pub fn with_roots(
         url: Url,
@@ -75,13 +79,16 @@ impl RealtimeEndpoint {
         connect_timeout: Duration,
         roots: rustls::RootCertStore,
     ) -> Result<Self, ConnectError> {
+        if api_key.is_some() && url.scheme() == "ws" && !is_loopback(&url) {
+            return Err(ConnectError::PlainTextKey(redact_query(&url)));
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ConnectError::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(RealtimeEndpoint {
+        Ok(ModelEndpoint {
             url,
             dialect,
             api_key,
@@ -115,19 +122,19 @@ impl RealtimeEndpoint {
             .map_err(|e| ConnectError::Io(e.to_string()))?;
         if let Some(key) = &self.api_key {
             let headers = request.headers_mut();
-            match self.dialect {
-                Dialect::Ga | Dialect::Beta => {
-                    let value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                        .map_err(|_| ConnectError::BadKey)?;
-                    headers.insert("authorization", value);
-                }
-                Dialect::Azure => {
-                    let value =
-                        HeaderValue::from_str(key.expose()).map_err(|_| ConnectError::BadKey)?;
-                    headers.insert("api-key", value);
-                }
+            if self.dialect.is_azure() {
+                let value =
+                    HeaderValue::from_str(key.expose()).map_err(|_| ConnectError::BadKey)?;
+                headers.insert("api-key", value);
+            } else {
+                let value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    .map_err(|_| ConnectError::BadKey)?;
+                headers.insert("authorization", value);
             }
         }
+        request
+            .headers_mut()
+            .insert("user-agent", HeaderValue::from_static(USER_AGENT));
         if self.dialect == Dialect::Beta {
             request
                 .headers_mut()
@@ -161,36 +168,11 @@ impl RealtimeEndpoint {
     }
 }
 
-/// tungstenite → bridge: text frames as bytes (no copy), control frames
-/// handled by tungstenite itself, errors end the stream.
-pub fn adapt_stream<S>(stream: S) -> impl Stream<Item = WsIn> + Unpin + Send
-where
-    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send,
-{
-    stream
-        .take_while(|m| std::future::ready(m.is_ok()))
-        .filter_map(|m| {
-            std::future::ready(match m {
-                Ok(Message::Text(t)) => Some(WsIn::Text(t.into())),
-                Ok(Message::Binary(b)) => Some(WsIn::Binary(b.len())),
-                Ok(Message::Close(frame)) => Some(WsIn::Close(frame.map(|f| u16::from(f.code)))),
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) | Err(_) => None,
-            })
-        })
-}
-
-/// bridge → tungstenite.
-pub fn adapt_sink<S>(sink: S) -> impl Sink<WsOut, Error = tungstenite::Error> + Unpin + Send
-where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin + Send,
-{
-    sink.with(|out: WsOut| {
-        std::future::ready(Ok::<_, tungstenite::Error>(match out {
-            WsOut::Text(text) => Message::Text(text.into()),
-            WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            })),
-        }))
-    })
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    }
 }

@@ -1,0 +1,52 @@
+//! What runs the model's function calls.
+//!
+//! The call core hands each [`ToolCall`] of a finished answer to a
+//! [`ToolRunner`] and answers the model once every call of that answer has
+//! an output. A runner never fails: whatever goes wrong becomes an output of
+//! the form `{"error": "…"}` that the model can talk about, so a tool can
+//! never kill a call.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::upstream::{ToolCall, ToolSpec};
+
+/// The call a tool runs for (sent to HTTP tools).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallContext {
+    pub call_sid: String,
+    pub stream_sid: String,
+}
+
+/// A tool's answer, boxed so that runners of every kind fit one slot.
+pub type ToolFuture = Pin<Box<dyn Future<Output = String> + Send>>;
+
+pub trait ToolRunner: Send + Sync + 'static {
+    /// The tools declared to the model.
+    fn specs(&self) -> Vec<ToolSpec>;
+    /// Runs one call; the output is what the model reads.
+    fn run(&self, call: ToolCall, ctx: &CallContext) -> ToolFuture;
+}
+
+/// No tools configured: every call is answered with an error the model can
+/// speak about.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTools;
+
+impl ToolRunner for NoTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        Vec::new()
+    }
+
+    fn run(&self, call: ToolCall, _ctx: &CallContext) -> ToolFuture {
+        Box::pin(std::future::ready(error_output(&format!(
+            "no tool named {} is configured",
+            call.name
+        ))))
+    }
+}
+
+/// `{"error": message}` as JSON text.
+pub fn error_output(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
