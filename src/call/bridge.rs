@@ -17,7 +17,7 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::playout::{MarkEcho, Playout};
-use super::tools::{CallContext, ToolFuture, ToolRunner};
+use super::tools::{CallContext, ToolFuture, ToolOutcome, ToolRunner};
 use super::{close_code, WsIn, WsOut};
 use crate::audio::{AudioMode, InboundTranscoder, OutboundTranscoder};
 use crate::metrics::{Metrics, Outcome, Reject, Source};
@@ -111,6 +111,12 @@ where
     if matches!(outcome, Outcome::Completed | Outcome::CallerGone) {
         call.close_model(&mut model_rx).await;
     }
+    // Tool calls still running have no call to answer any more.
+    for batch in std::mem::take(&mut call.batches) {
+        for name in batch.pending {
+            call.m.tool_call(&name, "dropped", Duration::ZERO);
+        }
+    }
     let twilio_code = match outcome {
         Outcome::ProtocolError | Outcome::Unauthorized => close_code::POLICY,
         Outcome::Drained => close_code::GOING_AWAY,
@@ -145,13 +151,15 @@ struct Finished {
     batch: u64,
     name: String,
     output: ToolOutput,
+    outcome: ToolOutcome,
     took: Duration,
 }
 
 /// The calls of one answer: the model is answered once all have outputs.
 struct Batch {
     id: u64,
-    remaining: usize,
+    /// Names of the calls still running.
+    pending: Vec<String>,
     outputs: Vec<ToolOutput>,
 }
 
@@ -407,7 +415,7 @@ where
         self.next_batch += 1;
         self.batches.push(Batch {
             id,
-            remaining: calls.len(),
+            pending: calls.iter().map(|c| c.name.clone()).collect(),
             outputs: Vec::with_capacity(calls.len()),
         });
         for call in calls {
@@ -418,11 +426,15 @@ where
             let started = Instant::now();
             let future: ToolFuture = self.tools.run(call, &self.ctx);
             self.running.push(Box::pin(async move {
-                let output = future.await;
+                let answer = future.await;
                 Finished {
                     batch: id,
                     name,
-                    output: ToolOutput { call_id, output },
+                    output: ToolOutput {
+                        call_id,
+                        output: answer.output,
+                    },
+                    outcome: answer.outcome,
                     took: started.elapsed(),
                 }
             }));
@@ -431,14 +443,18 @@ where
 
     /// One tool call finished; a complete batch is answered at once.
     async fn tool_finished(&mut self, done: Finished) -> Step {
-        tracing::info!(call_sid = %self.p.call_sid, tool = %done.name, took_ms = done.took.as_millis() as u64, "tool call finished");
+        self.m
+            .tool_call(&done.name, done.outcome.as_str(), done.took);
+        tracing::info!(call_sid = %self.p.call_sid, tool = %done.name, outcome = done.outcome.as_str(), took_ms = done.took.as_millis() as u64, "tool call finished");
         let Some(pos) = self.batches.iter().position(|b| b.id == done.batch) else {
             return Ok(());
         };
         let batch = &mut self.batches[pos];
         batch.outputs.push(done.output);
-        batch.remaining = batch.remaining.saturating_sub(1);
-        if batch.remaining > 0 {
+        if let Some(i) = batch.pending.iter().position(|n| *n == done.name) {
+            batch.pending.swap_remove(i);
+        }
+        if !batch.pending.is_empty() {
             return Ok(());
         }
         let batch = self.batches.remove(pos);

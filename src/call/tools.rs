@@ -18,8 +18,50 @@ pub struct CallContext {
     pub stream_sid: String,
 }
 
+/// How a tool call went (`callbridge_tool_calls_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolOutcome {
+    Ok,
+    Error,
+    Timeout,
+}
+
+impl ToolOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolOutcome::Ok => "ok",
+            ToolOutcome::Error => "error",
+            ToolOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// What a tool call produced: the output the model reads, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolAnswer {
+    pub output: String,
+    pub outcome: ToolOutcome,
+}
+
+impl ToolAnswer {
+    pub fn ok(output: impl Into<String>) -> Self {
+        ToolAnswer {
+            output: output.into(),
+            outcome: ToolOutcome::Ok,
+        }
+    }
+
+    /// An `{"error": …}` output the model can talk about.
+    pub fn error(outcome: ToolOutcome, message: &str) -> Self {
+        ToolAnswer {
+            output: error_output(message),
+            outcome,
+        }
+    }
+}
+
 /// A tool's answer, boxed so that runners of every kind fit one slot.
-pub type ToolFuture = Pin<Box<dyn Future<Output = String> + Send>>;
+pub type ToolFuture = Pin<Box<dyn Future<Output = ToolAnswer> + Send>>;
 
 pub trait ToolRunner: Send + Sync + 'static {
     /// The tools declared to the model.
@@ -39,10 +81,10 @@ impl ToolRunner for NoTools {
     }
 
     fn run(&self, call: ToolCall, _ctx: &CallContext) -> ToolFuture {
-        Box::pin(std::future::ready(error_output(&format!(
-            "no tool named {} is configured",
-            call.name
-        ))))
+        Box::pin(std::future::ready(ToolAnswer::error(
+            ToolOutcome::Error,
+            &format!("no tool named {} is configured", call.name),
+        )))
     }
 }
 

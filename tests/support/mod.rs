@@ -9,6 +9,9 @@ pub mod fake_twilio;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
+use callbridge::call::tools::{NoTools, ToolRunner};
 use callbridge::config::{Config, Dialect, Secret, Secrets};
 use callbridge::metrics::Metrics;
 use callbridge::server::Server;
@@ -37,6 +40,15 @@ pub struct Bridge {
 impl Bridge {
     /// Starts `callbridge serve`'s server on 127.0.0.1:0 against `realtime_url`.
     pub async fn start(realtime_url: &str, tweak: impl FnOnce(&mut Config)) -> Bridge {
+        Self::start_with_tools(realtime_url, Arc::new(NoTools), tweak).await
+    }
+
+    /// Like [`Bridge::start`], with `tools` answering the model's function calls.
+    pub async fn start_with_tools(
+        realtime_url: &str,
+        tools: Arc<dyn ToolRunner>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Bridge {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = Config {
@@ -53,7 +65,7 @@ impl Bridge {
             ..Secrets::default()
         };
         let metrics = Metrics::new();
-        let server = Server::new(config, secrets, metrics.clone()).unwrap();
+        let server = Server::with_tools(config, secrets, metrics.clone(), tools).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
