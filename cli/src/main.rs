@@ -14,7 +14,7 @@ mod cli;
 use callbridge::config::{Config, LogFormat, Secrets};
 use callbridge::metrics::Metrics;
 use callbridge::server::Server;
-use callbridge_sim::echo::{EchoMode, EchoOptions};
+use callbridge_sim::echo::{EchoMode, EchoOptions, EchoProtocol, ToolCall};
 
 #[derive(Parser)]
 #[command(
@@ -47,18 +47,30 @@ enum Command {
         #[command(subcommand)]
         command: AudioCommand,
     },
-    /// A local Realtime-protocol peer (a test tool, not a model): detects speech by energy and speaks the caller's words back.
+    /// A local model peer (a test tool, not a model): OpenAI Realtime or GPT-Live; detects speech by energy and speaks the caller's words back.
     ///
-    /// Point the bridge at it with realtime.url = ws://ADDR/v1/realtime (any path works;
-    /// send `OpenAI-Beta: realtime=v1` for beta event names). No API key, no network.
-    EchoRealtime {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8090")]
-        listen: SocketAddr,
-        /// What to do with the caller's audio.
-        #[arg(long, value_enum, default_value = "turn")]
-        mode: EchoMode,
-    },
+    /// Point the bridge at it with realtime.url = ws://ADDR/v1/realtime (Realtime; send
+    /// `OpenAI-Beta: realtime=v1` for beta event names) or ws://ADDR/v1/live/sessions
+    /// (`--protocol live`). Any path works. No API key, no network.
+    EchoRealtime(EchoRealtimeArgs),
+}
+
+#[derive(clap::Args)]
+struct EchoRealtimeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// What to do with the caller's audio.
+    #[arg(long, value_enum, default_value = "turn")]
+    mode: EchoMode,
+    /// The model protocol to speak.
+    #[arg(long, value_enum, default_value = "realtime")]
+    protocol: EchoProtocol,
+    /// GPT-Live only: after the caller's first turn, delegate this function call
+    /// (NAME:ARGS_JSON, e.g. 'lookup_order:{"order_id":"123"}'). The function must be
+    /// declared in the session's delegation.responses.tools, or the call is skipped.
+    #[arg(long, value_name = "NAME:ARGS_JSON", value_parser = clap::value_parser!(ToolCall))]
+    tool_call: Option<ToolCall>,
 }
 
 #[derive(Subcommand)]
@@ -104,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => cli::demo::demo(args),
         Command::Call(args) => cli::sim::call(args),
         Command::Loadtest(args) => cli::sim::loadtest(args),
-        Command::EchoRealtime { listen, mode } => echo_realtime(listen, mode),
+        Command::EchoRealtime(args) => echo_realtime(args),
     }
 }
 
@@ -150,7 +162,16 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-fn echo_realtime(listen: SocketAddr, mode: EchoMode) -> anyhow::Result<()> {
+fn echo_realtime(args: EchoRealtimeArgs) -> anyhow::Result<()> {
+    let EchoRealtimeArgs {
+        listen,
+        mode,
+        protocol,
+        tool_call,
+    } = args;
+    if tool_call.is_some() && protocol != EchoProtocol::Live {
+        anyhow::bail!("--tool-call needs --protocol live");
+    }
     init_logging(LogFormat::Text, "info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,11 +182,14 @@ fn echo_realtime(listen: SocketAddr, mode: EchoMode) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding listen address {listen}"))?;
         println!(
-            "echo-realtime listening on ws://{}/v1/realtime",
-            listener.local_addr()?
+            "echo-realtime ({protocol}) listening on ws://{}{}",
+            listener.local_addr()?,
+            protocol.path()
         );
         let options = EchoOptions {
+            protocol,
             mode,
+            tool_call,
             ..EchoOptions::default()
         };
         callbridge_sim::echo::serve(listener, options, shutdown_signal()).await?;

@@ -1,17 +1,19 @@
-//! `echo-realtime`: a local stand-in for a Realtime model. **A test tool,
-//! not a model.**
+//! `echo-realtime`: a local stand-in for a speech-to-speech model. **A test
+//! tool, not a model.**
 //!
-//! It speaks the OpenAI Realtime WebSocket protocol (PROTOCOLS.md §2, GA and
-//! beta dialects) well enough for the bridge to hold a real call against it
-//! with no API key and no network: smoke tests, `callbridge demo` and
-//! `callbridge loadtest` use it, in process through [`serve`] or as the
-//! `callbridge echo-realtime` command.
+//! It speaks two model protocols ([`EchoProtocol`]) well enough for the
+//! bridge to hold a real call against it with no API key and no network:
+//! smoke tests, `callbridge demo` and `callbridge loadtest` use it, in
+//! process through [`serve`] or as the `callbridge echo-realtime` command.
 //!
-//! It is written from the protocol reference, independently of the bridge's
-//! own parser (`realtime::events`), so that it checks the bridge's reading
-//! of the protocol instead of repeating it.
+//! It is written from the protocol references, independently of the
+//! bridge's own parsers, so that it checks the bridge's reading of each
+//! protocol instead of repeating it.
 //!
-//! Two modes ([`EchoMode`]):
+//! # OpenAI Realtime (`--protocol realtime`, the default)
+//!
+//! PROTOCOLS.md §2, GA and beta dialects ([`session`]). Two modes
+//! ([`EchoMode`]):
 //!
 //! - **turn** (default): behaves like a conversational model. An energy VAD
 //!   ([`vad`], RMS over 20 ms windows above [`DEFAULT_THRESHOLD_DBFS`] for
@@ -31,13 +33,41 @@
 //! Dialect: beta (`response.audio.delta`, …) when the upgrade request has
 //! `OpenAI-Beta: realtime=v1`, GA otherwise. Any path is accepted.
 //!
+//! # OpenAI GPT-Live (`--protocol live`)
+//!
+//! GPT-LIVE.md ([`live`], [`live_config`]): full duplex, server-driven
+//! turns, no cancel or truncate. Any path is accepted (the real one is
+//! `/v1/live/sessions`); the first frame must be `session.start`, validated
+//! as strictly as the real service (unknown or Realtime-only keys fail with
+//! `unknown_parameter` and no `session.started`).
+//!
+//! - **turn** (default): caller audio flows in continuously as
+//!   `session.input_audio.append`; when the energy VAD sees a caller turn
+//!   end (500 ms of quiet), the peer speaks the caller's audio back as
+//!   `session.output_audio.delta` (no ids) paced at real time, with
+//!   placeholder `session.output_transcript.delta` fragments and a
+//!   `session.input_transcript.delta` for the caller. Caller speech of
+//!   200 ms or more while it talks makes it stop by itself, unannounced.
+//!   `session.commentary.append` is acked and spoken (a chime whose
+//!   transcript quotes it). [`EchoOptions::tool_call`] scripts one delegated
+//!   function call after the caller's first turn (`session.delegation.created`
+//!   and the nested `response.event` stream), continued by
+//!   `response.item.create` + `response.create`, then spoken with the tool
+//!   output in its transcript. `session.usage.updated` follows each answer;
+//!   `session.close` ends with `session.closed`.
+//! - **loopback**: every `session.input_audio.append` is answered at once by
+//!   one `session.output_audio.delta` with the same base64 (GPT-Live uses
+//!   one format both ways, so it is always byte-identical).
+//!
 //! Scale: one task per session and no state shared between sessions beyond
 //! an id counter, so thousands of sessions fit on one core; in loopback mode
 //! an append is parsed into a small borrowed struct and answered with one
-//! hand-written JSON string, with no `serde_json::Value`.
+//! hand-written JSON string, with no `serde_json::Value`, in both protocols.
 
 mod audio;
 mod errors;
+mod live;
+mod live_config;
 mod session;
 mod session_config;
 mod vad;
@@ -47,7 +77,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -62,6 +92,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use live::LiveSession;
 use session::Session;
 pub use vad::DEFAULT_THRESHOLD_DBFS;
 
@@ -114,32 +145,146 @@ impl FromStr for EchoMode {
     }
 }
 
+/// Which model protocol the peer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EchoProtocol {
+    /// OpenAI Realtime (GA, or beta with `OpenAI-Beta: realtime=v1`).
+    #[default]
+    Realtime,
+    /// OpenAI GPT-Live (`session.start`, full duplex, delegation).
+    Live,
+}
+
+impl EchoProtocol {
+    /// The name used on the command line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EchoProtocol::Realtime => "realtime",
+            EchoProtocol::Live => "live",
+        }
+    }
+
+    /// The path the real service serves this protocol on (the peer accepts
+    /// any path).
+    pub const fn path(self) -> &'static str {
+        match self {
+            EchoProtocol::Realtime => "/v1/realtime",
+            EchoProtocol::Live => "/v1/live/sessions",
+        }
+    }
+}
+
+impl fmt::Display for EchoProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no [`EchoProtocol`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown echo protocol {0:?} (expected \"realtime\" or \"live\")")]
+pub struct ParseEchoProtocolError(pub String);
+
+impl FromStr for EchoProtocol {
+    type Err = ParseEchoProtocolError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "realtime" => Ok(EchoProtocol::Realtime),
+            "live" => Ok(EchoProtocol::Live),
+            other => Err(ParseEchoProtocolError(other.to_owned())),
+        }
+    }
+}
+
+/// A function call the GPT-Live peer makes after the caller's first turn:
+/// `NAME:ARGS_JSON` on the command line, e.g.
+/// `lookup_order:{"order_id":"123"}` (`NAME` alone means `{}`).
+///
+/// The function must be declared in the session's
+/// `delegation.responses.tools`, as the real backend can only call declared
+/// tools; if it is not, the peer logs a warning and skips the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments as a JSON object in compact text: what the call's
+    /// `arguments` string carries.
+    pub arguments: String,
+}
+
+/// A `NAME:ARGS_JSON` that is not a usable [`ToolCall`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid tool call {input:?}: {reason} (expected NAME:ARGS_JSON, e.g. lookup_order:{{\"order_id\":\"123\"}})")]
+pub struct ParseToolCallError {
+    pub input: String,
+    pub reason: String,
+}
+
+impl FromStr for ToolCall {
+    type Err = ParseToolCallError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: &str| ParseToolCallError {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (name, args) = s.split_once(':').unwrap_or((s, "{}"));
+        let name = name.trim();
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            return Err(fail("the name must be 1-64 of a-z, A-Z, 0-9, _ and -"));
+        }
+        let args: serde_json::Value =
+            serde_json::from_str(args).map_err(|e| fail(&format!("ARGS_JSON is not JSON: {e}")))?;
+        if !args.is_object() {
+            return Err(fail("ARGS_JSON must be a JSON object"));
+        }
+        Ok(ToolCall {
+            name: name.to_owned(),
+            arguments: args.to_string(),
+        })
+    }
+}
+
 /// How the peer behaves; `Default` is what `callbridge echo-realtime` runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EchoOptions {
+    /// The model protocol spoken on every connection.
+    pub protocol: EchoProtocol,
     pub mode: EchoMode,
     /// VAD threshold: RMS of a 20 ms window in dBFS (0 dBFS = full-scale
     /// square wave). Default [`DEFAULT_THRESHOLD_DBFS`] (-40): between line
     /// noise (about -55) and speech (about -25).
     pub vad_threshold_dbfs: f32,
-    /// How many times faster than real time turn responses are sent. The real
-    /// service sends faster than real time, which is why the bridge must pace
-    /// playout itself; 2.0 by default. Zero, negative or non-finite: as fast
-    /// as possible.
+    /// How many times faster than real time Realtime turn responses are
+    /// sent. The real service sends faster than real time, which is why the
+    /// bridge must pace playout itself; 2.0 by default. Zero, negative or
+    /// non-finite: as fast as possible. GPT-Live answers always stream at
+    /// real time, as the real service does, whatever this says.
     pub speed: f64,
-    /// Pause between `response.created` and the first audio delta, standing
-    /// in for the model's think time (so demos can show a realistic turn
-    /// latency). Zero by default, so tests measure the bridge alone.
+    /// Pause before the first audio delta of an answer (Realtime: after
+    /// `response.created`), standing in for the model's think time (so demos
+    /// can show a realistic turn latency). Zero by default, so tests measure
+    /// the bridge alone.
     pub first_audio_delay: Duration,
+    /// GPT-Live only: a delegated function call to make after the caller's
+    /// first turn. None by default.
+    pub tool_call: Option<ToolCall>,
 }
 
 impl Default for EchoOptions {
     fn default() -> Self {
         Self {
+            protocol: EchoProtocol::Realtime,
             mode: EchoMode::Turn,
             vad_threshold_dbfs: DEFAULT_THRESHOLD_DBFS,
             speed: 2.0,
             first_audio_delay: Duration::ZERO,
+            tool_call: None,
         }
     }
 }
@@ -172,7 +317,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, mode = %options.mode, "echo-realtime serving");
+    tracing::info!(
+        listen = %local,
+        protocol = %options.protocol,
+        mode = %options.mode,
+        "echo-realtime serving"
+    );
+    let options = Arc::new(options);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
@@ -183,7 +334,7 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     // Deltas are small and latency is what load tests measure.
                     let _ = stream.set_nodelay(true);
-                    sessions.spawn(run_session(stream, peer, options, stop_rx.clone()));
+                    sessions.spawn(run_session(stream, peer, options.clone(), stop_rx.clone()));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "echo-realtime accept failed");
@@ -244,10 +395,73 @@ fn model_of(request: &Request) -> Option<String> {
         .map(|(_, v)| v.chars().take(128).collect())
 }
 
+/// What [`drive`] needs of a session of either protocol: a pure state
+/// machine fed with client events and clock ticks, with an outbox of server
+/// events.
+trait Peer {
+    fn id(&self) -> &str;
+    /// When [`Peer::on_tick`] next has something to send.
+    fn next_due(&self) -> Option<Instant>;
+    fn on_tick(&mut self, now: Instant);
+    fn on_text(&mut self, text: &str, now: Instant);
+    fn on_binary(&mut self);
+    fn outbox(&mut self) -> &mut Vec<String>;
+    /// The session is over: close the socket once the outbox is sent.
+    fn wants_close(&self) -> bool;
+}
+
+impl Peer for Session {
+    fn id(&self) -> &str {
+        Session::id(self)
+    }
+    fn next_due(&self) -> Option<Instant> {
+        Session::next_due(self)
+    }
+    fn on_tick(&mut self, now: Instant) {
+        Session::on_tick(self, now);
+    }
+    fn on_text(&mut self, text: &str, now: Instant) {
+        Session::on_text(self, text, now);
+    }
+    fn on_binary(&mut self) {
+        Session::on_binary(self);
+    }
+    fn outbox(&mut self) -> &mut Vec<String> {
+        &mut self.out
+    }
+    fn wants_close(&self) -> bool {
+        false
+    }
+}
+
+impl Peer for LiveSession {
+    fn id(&self) -> &str {
+        LiveSession::id(self)
+    }
+    fn next_due(&self) -> Option<Instant> {
+        LiveSession::next_due(self)
+    }
+    fn on_tick(&mut self, now: Instant) {
+        LiveSession::on_tick(self, now);
+    }
+    fn on_text(&mut self, text: &str, now: Instant) {
+        LiveSession::on_text(self, text, now);
+    }
+    fn on_binary(&mut self) {
+        LiveSession::on_binary(self);
+    }
+    fn outbox(&mut self) -> &mut Vec<String> {
+        &mut self.out
+    }
+    fn wants_close(&self) -> bool {
+        self.close
+    }
+}
+
 async fn run_session(
     stream: TcpStream,
     peer: SocketAddr,
-    options: EchoOptions,
+    options: Arc<EchoOptions>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut beta = false;
@@ -275,46 +489,84 @@ async fn run_session(
             return;
         }
     };
-    let dialect = if beta { Dialect::Beta } else { Dialect::Ga };
-    let model = model.unwrap_or_else(|| "echo-realtime".to_owned());
-    let mut session = Session::new(dialect, &options, model, session_tag());
-    tracing::info!(
-        session = session.id(),
-        %peer,
-        %dialect,
-        mode = %options.mode,
-        "echo-realtime session started"
-    );
     let started = Instant::now();
-    let end = drive(&mut ws, &mut session, &mut stop).await;
-    let stats = session.stats;
-    tracing::info!(
-        session = session.id(),
-        %dialect,
-        mode = %options.mode,
-        end,
-        frames_in = stats.frames_in,
-        deltas_out = stats.deltas_out,
-        turns = stats.turns,
-        responses = stats.responses,
-        cancelled = stats.cancelled,
-        errors = stats.errors,
-        secs = started.elapsed().as_secs_f64(),
-        "echo-realtime session ended"
-    );
+    match options.protocol {
+        EchoProtocol::Realtime => {
+            let dialect = if beta { Dialect::Beta } else { Dialect::Ga };
+            let model = model.unwrap_or_else(|| "echo-realtime".to_owned());
+            let mut session = Session::new(dialect, &options, model, session_tag());
+            tracing::info!(
+                session = session.id(),
+                %peer,
+                %dialect,
+                mode = %options.mode,
+                "echo-realtime session started"
+            );
+            let end = drive(&mut ws, &mut session, &mut stop).await;
+            let stats = session.stats;
+            tracing::info!(
+                session = session.id(),
+                %dialect,
+                mode = %options.mode,
+                end,
+                frames_in = stats.frames_in,
+                deltas_out = stats.deltas_out,
+                turns = stats.turns,
+                responses = stats.responses,
+                cancelled = stats.cancelled,
+                errors = stats.errors,
+                secs = started.elapsed().as_secs_f64(),
+                "echo-realtime session ended"
+            );
+        }
+        EchoProtocol::Live => {
+            // GPT-Live takes no query and no beta header: the model comes in
+            // `session.start`.
+            let mut session = LiveSession::new(&options, session_tag());
+            tracing::info!(
+                session = session.id(),
+                %peer,
+                protocol = "live",
+                mode = %options.mode,
+                "echo-realtime session connected"
+            );
+            let end = drive(&mut ws, &mut session, &mut stop).await;
+            let stats = session.stats;
+            tracing::info!(
+                session = session.id(),
+                protocol = "live",
+                mode = %options.mode,
+                end,
+                frames_in = stats.frames_in,
+                deltas_out = stats.deltas_out,
+                turns = stats.turns,
+                answers = stats.answers,
+                yielded = stats.yielded,
+                tool_calls = stats.tool_calls,
+                errors = stats.errors,
+                secs = started.elapsed().as_secs_f64(),
+                "echo-realtime session ended"
+            );
+        }
+    }
 }
+
+/// How long a session that closed the socket itself waits for the client's
+/// close frame before dropping the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The session's event loop; returns why it ended.
 ///
 /// Timer first, then the socket: a client that floods appends must not hold
 /// up the deltas of a response (the real service keeps streaming too).
-async fn drive<S>(
+async fn drive<S, P>(
     ws: &mut WebSocketStream<S>,
-    session: &mut Session,
+    session: &mut P,
     stop: &mut watch::Receiver<bool>,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    P: Peer,
 {
     if send_pending(ws, session).await.is_err() {
         return "write failed";
@@ -355,22 +607,63 @@ where
         if send_pending(ws, session).await.is_err() {
             return "write failed";
         }
+        if session.wants_close() {
+            let close = Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }));
+            let _ = ws.send(close).await;
+            // Let the client answer the close, so it sees a clean ending.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+            return "closed by peer";
+        }
     }
 }
 
 /// Sends the session's queued events with one flush for the lot.
-async fn send_pending<S>(
+async fn send_pending<S, P>(
     ws: &mut WebSocketStream<S>,
-    session: &mut Session,
+    session: &mut P,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    P: Peer,
 {
-    if session.out.is_empty() {
+    let out = session.outbox();
+    if out.is_empty() {
         return Ok(());
     }
-    for text in session.out.drain(..) {
+    for text in out.drain(..) {
         ws.feed(Message::Text(text.into())).await?;
     }
     ws.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_call_parses_name_and_json_arguments() {
+        let call: ToolCall = r#"lookup_order:{ "order_id": "123" }"#.parse().expect("valid");
+        assert_eq!(call.name, "lookup_order");
+        assert_eq!(call.arguments, r#"{"order_id":"123"}"#);
+        let bare: ToolCall = "ping".parse().expect("no arguments");
+        assert_eq!(bare.arguments, "{}");
+        for bad in [":{}", "a b:{}", "f:[1]", "f:{", "f:\"x\""] {
+            assert!(bad.parse::<ToolCall>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn protocol_names_round_trip() {
+        for p in [EchoProtocol::Realtime, EchoProtocol::Live] {
+            assert_eq!(p.as_str().parse::<EchoProtocol>(), Ok(p));
+        }
+        assert!("gpt-live".parse::<EchoProtocol>().is_err());
+        assert_eq!(EchoOptions::default().protocol, EchoProtocol::Realtime);
+    }
 }

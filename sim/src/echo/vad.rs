@@ -1,8 +1,8 @@
 //! The echo peer's voice activity detector: RMS energy over 20 ms windows.
 //!
-//! A real Realtime server uses a neural VAD; the echo peer needs something
-//! predictable instead, so that tests can say exactly when a turn starts and
-//! ends. Energy is enough for the clean speech fixtures and for a human on a
+//! A real Realtime or GPT-Live server uses a neural VAD; the echo peer needs
+//! something predictable instead, so that tests can say exactly when a turn
+//! starts and ends. Energy is enough for the clean speech fixtures and for a human on a
 //! headset, and it depends on nothing but the samples (no clock), so the same
 //! audio always gives the same events at the same `audio_*_ms`.
 //!
@@ -10,6 +10,10 @@
 //! input audio. One 24 kHz sample is one tick and one 8 kHz sample is three,
 //! so a session may switch input formats without its timeline jumping, and
 //! `ticks / 24` is milliseconds.
+//!
+//! The GPT-Live peer has one fixed rate per session, which may be 16 kHz
+//! (1.5 ticks a sample), so it uses [`Vad::with_rate`]: its ticks are the
+//! samples themselves.
 
 /// Ticks per millisecond.
 pub(crate) const TICKS_PER_MS: u64 = 24;
@@ -67,6 +71,9 @@ pub(crate) struct Vad {
     /// Mean-square threshold in sample units², so a window is compared with
     /// one multiply and no square root or logarithm.
     threshold_ms: f64,
+    /// Ticks per millisecond: [`TICKS_PER_MS`] for the Realtime peer's
+    /// 24 kHz timeline, the sample rate in kHz for [`Vad::with_rate`].
+    ticks_per_ms: u64,
     ticks_per_sample: u64,
     window_samples: u32,
     sum_sq: u64,
@@ -80,6 +87,7 @@ impl Vad {
         let amplitude = 32768.0 * 10f64.powf(f64::from(threshold_dbfs) / 20.0);
         let mut vad = Self {
             threshold_ms: amplitude * amplitude,
+            ticks_per_ms: TICKS_PER_MS,
             ticks_per_sample,
             window_samples: 0,
             sum_sq: 0,
@@ -90,10 +98,21 @@ impl Vad {
         vad
     }
 
+    /// A detector whose ticks are the samples themselves, at `samples_per_ms`
+    /// kHz (8, 16 or 24): for a session with one fixed rate, such as a
+    /// GPT-Live session at 16 kHz, which the 24 kHz timeline cannot count in
+    /// whole ticks. Silences passed to [`Vad::process`] are then in samples.
+    pub(crate) fn with_rate(threshold_dbfs: f32, samples_per_ms: u64) -> Self {
+        let mut vad = Self::new(threshold_dbfs, 1);
+        vad.ticks_per_ms = samples_per_ms.max(1);
+        vad.set_ticks_per_sample(1);
+        vad
+    }
+
     /// Changes the input rate; forgets the partial window and any speech.
     pub(crate) fn set_ticks_per_sample(&mut self, ticks_per_sample: u64) {
         self.ticks_per_sample = ticks_per_sample.max(1);
-        self.window_samples = (WINDOW_MS * TICKS_PER_MS / self.ticks_per_sample) as u32;
+        self.window_samples = (WINDOW_MS * self.ticks_per_ms / self.ticks_per_sample) as u32;
         self.reset();
     }
 
@@ -108,6 +127,19 @@ impl Vad {
     pub(crate) fn speech_start(&self) -> Option<u64> {
         match self.state {
             State::Speech { start, .. } => Some(start),
+            State::Quiet { .. } => None,
+        }
+    }
+
+    /// The speech in progress, if any: where it started and where its last
+    /// loud window ended (so `end - start` is how long it has been voiced,
+    /// not counting the silence since).
+    pub(crate) fn voiced(&self) -> Option<(u64, u64)> {
+        match self.state {
+            State::Speech {
+                start,
+                last_loud_end,
+            } => Some((start, last_loud_end)),
             State::Quiet { .. } => None,
         }
     }
@@ -138,7 +170,7 @@ impl Vad {
     }
 
     fn window(&mut self, loud: bool, end: u64, silence_ticks: u64, events: &mut Vec<VadEvent>) {
-        let window_ticks = WINDOW_MS * TICKS_PER_MS;
+        let window_ticks = WINDOW_MS * self.ticks_per_ms;
         match &mut self.state {
             State::Quiet { run, run_start } => {
                 if !loud {
@@ -233,6 +265,29 @@ mod tests {
             vad.process(&tone(amplitude, 100, 24_000), 0, SILENCE_500, &mut events);
             assert_eq!(!events.is_empty(), expect, "amplitude {amplitude}");
         }
+    }
+
+    #[test]
+    fn with_rate_counts_in_samples() {
+        // 16 kHz: 320-sample windows, positions in samples.
+        let mut vad = Vad::with_rate(-40.0, 16);
+        let mut events = Vec::new();
+        let mut audio = tone(0, 100, 16_000);
+        audio.extend(tone(3000, 300, 16_000));
+        vad.process(&audio, 0, 500 * 16, &mut events);
+        assert_eq!(events, vec![VadEvent::Started { at: 100 * 16 }]);
+        assert_eq!(vad.voiced(), Some((100 * 16, 400 * 16)));
+        audio = tone(0, 500, 16_000);
+        vad.process(&audio, 400 * 16, 500 * 16, &mut events);
+        assert_eq!(
+            events[1],
+            VadEvent::Stopped {
+                start: 100 * 16,
+                voiced_end: 400 * 16,
+                at: 900 * 16
+            }
+        );
+        assert_eq!(vad.voiced(), None);
     }
 
     #[test]
