@@ -222,6 +222,9 @@ where
             ctx: CallContext {
                 call_sid: p.call_sid.clone(),
                 stream_sid: p.stream_sid.clone(),
+                from: String::new(),
+                to: String::new(),
+                profile: "default".into(),
             },
             p,
             m,

@@ -11,11 +11,17 @@ use std::pin::Pin;
 
 use crate::upstream::{ToolCall, ToolSpec};
 
-/// The call a tool runs for (sent to HTTP tools).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The call a tool runs for (sent to HTTP tools as `call`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CallContext {
     pub call_sid: String,
     pub stream_sid: String,
+    /// The caller's and the called number, as Twilio's webhook gave them
+    /// (empty when unknown).
+    pub from: String,
+    pub to: String,
+    /// The assistant profile answering the call (`default` for `[agent]`).
+    pub profile: String,
 }
 
 /// How a tool call went (`callbridge_tool_calls_total{outcome}`).
