@@ -148,6 +148,10 @@ pub struct CallReport {
     /// From the first frame of barge-in audio carrying speech (so a lead-in
     /// pause in the clip does not count against the bridge) to the `clear`.
     pub bargein_reaction: Option<Duration>,
+    /// From the first frame of barge-in audio carrying speech to the answer
+    /// going silent at the caller: a `clear` (Realtime) or the model yielding
+    /// by itself (GPT-Live), whichever the protocol does.
+    pub talk_over_stop: Option<Duration>,
     /// `clear` messages received, and the answer audio they discarded.
     pub clears: u32,
     pub cleared_ms: u64,
@@ -219,6 +223,13 @@ impl std::fmt::Display for CallReport {
             self.media_received,
             self.bytes_heard as f64 / 8000.0
         )?;
+        if self.bargeins > 0 {
+            writeln!(
+                f,
+                "  talk-over stop    {} (caller speaks over the answer -> it goes silent here)",
+                ms(self.talk_over_stop)
+            )?;
+        }
         writeln!(f, "  marks echoed      {}", self.marks_echoed)?;
         writeln!(
             f,
@@ -496,6 +507,11 @@ impl Call {
         self.answer_heard += played as u64;
         self.report.bytes_heard += played as u64;
         self.echo_marks();
+        if played == 0 && self.report.talk_over_stop.is_none() {
+            if let Some(at) = self.bargein_at {
+                self.report.talk_over_stop = Some(now.duration_since(at));
+            }
+        }
 
         if let Some(barge) = &self.opts.barge_in {
             let threshold = barge.after_heard.as_millis() as u64 * 8;

@@ -1,5 +1,6 @@
 //! `callbridge demo`: the whole product on loopback, with no keys and no
-//! network. Starts the local Realtime peer ([`crate::echo`]) and the real
+//! network. Starts the local model peer ([`crate::echo`], speaking Realtime
+//! or GPT-Live as the dialect asks) and the real
 //! server ([`callbridge::server`]) on `127.0.0.1:0`, with signature checks on and a
 //! throw-away auth token, then places one simulated Twilio call that speaks
 //! the speech fixture, talks over the answer (barge-in), and hangs up once
@@ -11,10 +12,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::echo::{self, EchoOptions};
+use crate::echo::{self, EchoOptions, EchoProtocol};
 use crate::{caller, BargeIn, CallOptions, CallReport, SimError};
 use callbridge::audio::AudioMode;
-use callbridge::config::{Config, Secret, Secrets};
+use callbridge::config::{Config, Dialect, Secret, Secrets};
 use callbridge::metrics::Metrics;
 use callbridge::server::Server;
 
@@ -42,6 +43,7 @@ fn mean(count: u64, sum: f64) -> Option<Duration> {
 
 /// Runs the demo call end to end.
 pub async fn run(
+    dialect: Dialect,
     mode: AudioMode,
     barge_in_after: Duration,
     progress: Option<tokio::sync::mpsc::UnboundedSender<caller::Progress>>,
@@ -54,7 +56,16 @@ pub async fn run(
         .local_addr()
         .map_err(|e| io("local Realtime peer", e))?;
     let (stop_peer, peer_stopped) = oneshot::channel::<()>();
-    let peer = tokio::spawn(echo::serve(peer_listener, EchoOptions::default(), async {
+    let protocol = if dialect.is_live() {
+        EchoProtocol::Live
+    } else {
+        EchoProtocol::Realtime
+    };
+    let options = EchoOptions {
+        protocol,
+        ..EchoOptions::default()
+    };
+    let peer = tokio::spawn(echo::serve(peer_listener, options, async {
         let _ = peer_stopped.await;
     }));
 
@@ -66,7 +77,12 @@ pub async fn run(
         public_url: Some(format!("http://{addr}")),
         ..Config::default()
     };
-    config.realtime.url = Some(format!("ws://{peer_addr}/v1/realtime?model=echo"));
+    config.realtime.dialect = dialect;
+    config.realtime.url = Some(if dialect.is_live() {
+        format!("ws://{peer_addr}/v1/live/sessions")
+    } else {
+        format!("ws://{peer_addr}/v1/realtime?model=echo")
+    });
     config.audio.mode = mode;
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| SimError::Options(e.to_string()))?;
