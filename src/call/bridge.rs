@@ -133,7 +133,7 @@ where
     .await;
     CallSummary {
         outcome,
-        turns: call.turns,
+        turns: call.turns.max(call.caller_turns),
         bargeins: call.bargeins,
         frames_in: call.frames_in,
         frames_out: call.frames_out,
@@ -199,6 +199,9 @@ struct Bridge<TS, MS> {
     rejected: u64,
     tool_calls: u32,
     transcript: Vec<Turn>,
+    /// Caller turns seen in transcripts: the turn count for protocols that
+    /// do not signal the end of the caller's speech (GPT-Live).
+    caller_turns: u32,
 }
 
 impl<TS, MS, E1, E2> Bridge<TS, MS>
@@ -254,6 +257,7 @@ where
             rejected: 0,
             tool_calls: 0,
             transcript: Vec::new(),
+            caller_turns: 0,
         }
     }
 
@@ -477,10 +481,15 @@ where
                 }
                 turn.text.push_str(text);
             }
-            _ => self.transcript.push(Turn {
-                role,
-                text: text.trim_start().to_owned(),
-            }),
+            _ => {
+                if role == Role::Caller {
+                    self.caller_turns += 1;
+                }
+                self.transcript.push(Turn {
+                    role,
+                    text: text.trim_start().to_owned(),
+                });
+            }
         }
         // The words themselves never reach the logs: they are the caller's.
         tracing::debug!(call_sid = %self.p.call_sid, role = ?role, bytes = text.len(), "transcript");
