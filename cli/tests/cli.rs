@@ -69,7 +69,10 @@ fn audio_convert_errors_are_one_line_and_nonzero() {
         w.write_sample(0i16).unwrap();
     }
     w.finalize().unwrap();
+    let garbage = dir.path().join("garbage.wav");
+    std::fs::write(&garbage, b"not a wav file at all").unwrap();
     let cases: Vec<(PathBuf, &str, &str)> = vec![
+        (garbage, "x.ulaw", "not a readable WAV file"),
         (empty, "x.wav", "empty"),
         (stereo, "x.ulaw", "not mono"),
         (fixture("speech.ulaw"), "x.mp3", "unknown extension"),
@@ -86,6 +89,9 @@ fn audio_convert_errors_are_one_line_and_nonzero() {
         assert!(!out.status.success(), "{input:?} should fail");
         assert!(err.contains(expect), "{input:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        // The cause is said once, not repeated by the error chain.
+        let tail = err.trim().rsplit(": ").next().unwrap_or_default();
+        assert_eq!(err.matches(tail).count(), 1, "cause repeated: {err}");
     }
 }
 
@@ -171,4 +177,35 @@ fn secrets_never_reach_the_logs() {
     let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
     assert!(!out.status.success());
     assert!(!all.contains("very-secret"), "{all}");
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    use std::io::BufRead as _;
+    let mut child = callbridge()
+        .arg("serve")
+        .env("CALLBRIDGE_LISTEN", "127.0.0.1:0")
+        .env("CALLBRIDGE_PUBLIC_URL", "http://127.0.0.1:9")
+        .env("CALLBRIDGE_REALTIME__URL", "ws://127.0.0.1:9/v1/realtime")
+        .env("CALLBRIDGE_TWILIO__VALIDATE_SIGNATURES", "false")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let serving = line.contains("callbridge serving");
+        seen.push(line);
+        if serving {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("callbridge serving")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|l| !l.contains('\u{1b}')), "{seen:?}");
 }

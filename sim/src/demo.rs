@@ -19,9 +19,11 @@ use callbridge::config::{Config, Dialect, Secret, Secrets};
 use callbridge::metrics::Metrics;
 use callbridge::server::Server;
 
-/// Built in, so the demo runs from any directory.
-const SPEECH: &[u8] = include_bytes!("../../fixtures/speech.ulaw");
-const BARGE_IN: &[u8] = include_bytes!("../../fixtures/bargein.ulaw");
+/// Built in, so the demo and `callbridge call` run from any directory:
+/// six seconds of espeak-ng speech, and an interjection for talking over
+/// the answer (μ-law 8 kHz, from `fixtures/`).
+pub const SPEECH: &[u8] = include_bytes!("../../fixtures/speech.ulaw");
+pub const BARGE_IN: &[u8] = include_bytes!("../../fixtures/bargein.ulaw");
 
 /// What the bridge itself measured during the demo call.
 #[derive(Debug, Clone, Default)]

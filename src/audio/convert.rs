@@ -20,15 +20,15 @@ use super::{g711, AudioMode, InboundTranscoder, OutboundTranscoder};
 pub enum ConvertError {
     #[error("{}: unknown extension (expected .ulaw or .wav)", path.display())]
     UnknownExtension { path: PathBuf },
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: no audio (empty input)", path.display())]
     Empty { path: PathBuf },
-    #[error("{}: not a readable WAV file: {source}", path.display())]
-    NotWav { path: PathBuf, source: hound::Error },
+    #[error("{}: not a readable WAV file: {cause}", path.display())]
+    NotWav { path: PathBuf, cause: hound::Error },
     #[error("{}: WAV is not mono (channels={channels}); only mono is supported", path.display())]
     Channels { path: PathBuf, channels: u16 },
     #[error(
@@ -53,8 +53,8 @@ pub enum ConvertError {
     RateArgument { rate: u32 },
     #[error("{}: --rate {rate} does not apply to .ulaw output (always 8000 Hz)", path.display())]
     RateForUlaw { path: PathBuf, rate: u32 },
-    #[error("{}: cannot write: {source}", path.display())]
-    Write { path: PathBuf, source: hound::Error },
+    #[error("{}: cannot write: {cause}", path.display())]
+    Write { path: PathBuf, cause: hound::Error },
 }
 
 /// What a conversion did, for the CLI to print.
@@ -128,9 +128,9 @@ impl Audio {
 }
 
 fn read(path: &Path, kind: Kind) -> Result<Audio, ConvertError> {
-    let bytes = std::fs::read(path).map_err(|source| ConvertError::Read {
+    let bytes = std::fs::read(path).map_err(|cause| ConvertError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     let empty = || ConvertError::Empty {
         path: path.to_owned(),
@@ -143,9 +143,9 @@ fn read(path: &Path, kind: Kind) -> Result<Audio, ConvertError> {
     }
 
     let reader =
-        hound::WavReader::new(Cursor::new(bytes)).map_err(|source| ConvertError::NotWav {
+        hound::WavReader::new(Cursor::new(bytes)).map_err(|cause| ConvertError::NotWav {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
     let spec = reader.spec();
     if spec.channels != 1 {
@@ -295,9 +295,9 @@ pub fn convert(
 
     let audio = read(input, in_kind)?;
     let (in_samples, in_rate) = (audio.len(), audio.rate());
-    let write_error = |source| ConvertError::Write {
+    let write_error = |cause| ConvertError::Write {
         path: output.to_owned(),
-        source,
+        cause,
     };
     let (out_samples, out_rate) = match out_kind {
         Kind::Ulaw => {

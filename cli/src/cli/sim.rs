@@ -20,17 +20,18 @@ pub struct CallArgs {
     #[arg(long)]
     pub bridge: Url,
     /// What the caller says: .ulaw (μ-law 8 kHz) or 16-bit mono .wav (8 or 24 kHz).
-    #[arg(long, default_value = "fixtures/speech.ulaw")]
-    pub audio: PathBuf,
+    /// Default: a built-in six-second spoken request (the demo's).
+    #[arg(long)]
+    pub audio: Option<PathBuf>,
     /// Where to write what the caller heard (PCM16 8 kHz WAV).
     #[arg(long, default_value = "call-heard.wav")]
     pub out: PathBuf,
     /// Talk over the answer once this many ms of it have been heard.
     #[arg(long, value_name = "MS")]
     pub barge_in_after: Option<u64>,
-    /// What the caller says when barging in.
-    #[arg(long, default_value = "fixtures/bargein.ulaw")]
-    pub barge_in_audio: PathBuf,
+    /// What the caller says when barging in. Default: a built-in interjection.
+    #[arg(long)]
+    pub barge_in_audio: Option<PathBuf>,
     /// Silence sent after the audio before hanging up, in seconds (the
     /// call also stays up until the answer has finished).
     #[arg(long, default_value_t = 2.0, value_name = "SECS")]
@@ -90,14 +91,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// writes what was heard. Fails (non-zero exit) when the call could not be
 /// placed or had errors.
 pub fn call(args: CallArgs) -> anyhow::Result<()> {
-    let audio = callbridge_sim::load_audio(&args.audio)?;
+    let audio = match &args.audio {
+        Some(path) => callbridge_sim::load_audio(path)?,
+        None => callbridge_sim::demo::SPEECH.to_vec(),
+    };
     let mut opts = CallOptions::new(args.bridge, audio);
     opts.auth_token = auth_token()?;
     opts.trailing_silence = seconds("--trailing-silence", args.trailing_silence)?;
     opts.max_duration = seconds("--max-duration", args.max_duration)?;
     if let Some(ms) = args.barge_in_after {
         opts.barge_in = Some(BargeIn {
-            audio: callbridge_sim::load_audio(&args.barge_in_audio)?,
+            audio: match &args.barge_in_audio {
+                Some(path) => callbridge_sim::load_audio(path)?,
+                None => callbridge_sim::demo::BARGE_IN.to_vec(),
+            },
             after_heard: Duration::from_millis(ms),
         });
     }
