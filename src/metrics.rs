@@ -197,6 +197,58 @@ impl Reject {
     }
 }
 
+/// A Twilio REST operation (`twilio_api_requests_total{op}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwilioOp {
+    /// `Status=completed` on a live call.
+    Hangup,
+    /// A TwiML update (`<Dial>`) on a live call.
+    Transfer,
+    /// `POST Calls.json`: an outbound call.
+    CreateCall,
+}
+
+impl TwilioOp {
+    pub const ALL: [TwilioOp; 3] = [TwilioOp::Hangup, TwilioOp::Transfer, TwilioOp::CreateCall];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwilioOp::Hangup => "hangup",
+            TwilioOp::Transfer => "transfer",
+            TwilioOp::CreateCall => "create_call",
+        }
+    }
+}
+
+/// How one Twilio REST request ended (`twilio_api_requests_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwilioOutcome {
+    /// A 2xx answer.
+    Ok,
+    /// 404 with Twilio error 20404: the call is already over.
+    NotFound,
+    /// Any other HTTP error, a connection failure, or an unreadable answer.
+    Error,
+    /// No answer within the request timeout.
+    Timeout,
+}
+
+impl TwilioOutcome {
+    pub const ALL: [TwilioOutcome; 4] = [
+        TwilioOutcome::Ok,
+        TwilioOutcome::NotFound,
+        TwilioOutcome::Error,
+        TwilioOutcome::Timeout,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwilioOutcome::Ok => "ok",
+            TwilioOutcome::NotFound => "not_found",
+            TwilioOutcome::Error => "error",
+            TwilioOutcome::Timeout => "timeout",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Twilio,
@@ -246,6 +298,7 @@ pub struct Metrics {
     tool_calls: Family<LabelsOwned, Counter>,
     tool_duration: Family<LabelsOwned, AtomicHistogram, HistCtor>,
     errors_total: Family<Labels1, Counter>,
+    twilio_api_requests: Family<Labels2, Counter>,
     pub turn_latency: AtomicHistogram,
     pub first_audio: AtomicHistogram,
     pub bargein_latency: AtomicHistogram,
@@ -375,6 +428,18 @@ impl Metrics {
         );
         let errors_total = Family::<Labels1, Counter>::default();
         r.register("errors", "Errors, by kind", errors_total.clone());
+        let twilio_api_requests = Family::<Labels2, Counter>::default();
+        r.register(
+            "twilio_api_requests",
+            "Requests to Twilio's REST API (each retry counts), by operation and outcome",
+            twilio_api_requests.clone(),
+        );
+        for op in TwilioOp::ALL {
+            for outcome in TwilioOutcome::ALL {
+                let _ = twilio_api_requests
+                    .get_or_create(&[("op", op.as_str()), ("outcome", outcome.as_str())]);
+            }
+        }
 
         let mut hist = |name: &str, help: &str, buckets: &'static [f64]| {
             let h = AtomicHistogram::new(buckets);
@@ -451,6 +516,7 @@ impl Metrics {
             tool_calls,
             tool_duration,
             errors_total,
+            twilio_api_requests,
             turn_latency,
             first_audio,
             bargein_latency,
@@ -504,6 +570,19 @@ impl Metrics {
 
     pub fn errors(&self, kind: &'static str) -> u64 {
         self.errors_total.get_or_create(&[("kind", kind)]).get()
+    }
+
+    /// Once per Twilio REST request (a rare event: takes the family's lock).
+    pub fn twilio_api_request(&self, op: TwilioOp, outcome: TwilioOutcome) {
+        self.twilio_api_requests
+            .get_or_create(&[("op", op.as_str()), ("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    pub fn twilio_api_requests(&self, op: TwilioOp, outcome: TwilioOutcome) -> u64 {
+        self.twilio_api_requests
+            .get_or_create(&[("op", op.as_str()), ("outcome", outcome.as_str())])
+            .get()
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
@@ -574,6 +653,34 @@ mod tests {
     }
 
     #[test]
+    fn twilio_api_requests_are_counted_per_op_and_outcome() {
+        let m = Metrics::new();
+        m.twilio_api_request(TwilioOp::Hangup, TwilioOutcome::NotFound);
+        m.twilio_api_request(TwilioOp::Hangup, TwilioOutcome::NotFound);
+        m.twilio_api_request(TwilioOp::Transfer, TwilioOutcome::Ok);
+        assert_eq!(
+            m.twilio_api_requests(TwilioOp::Hangup, TwilioOutcome::NotFound),
+            2
+        );
+        assert_eq!(
+            m.twilio_api_requests(TwilioOp::Transfer, TwilioOutcome::Ok),
+            1
+        );
+        assert_eq!(
+            m.twilio_api_requests(TwilioOp::Hangup, TwilioOutcome::Ok),
+            0
+        );
+        let text = m.encode();
+        let series = "callbridge_twilio_api_requests_total{";
+        assert!(
+            text.contains(&format!("{series}op=\"hangup\",outcome=\"not_found\"}} 2")),
+            "{text}"
+        );
+        // Every combination is exported from the start (bounded: 3 x 4).
+        assert_eq!(text.matches(series).count(), 12);
+    }
+
+    #[test]
     fn every_designed_metric_is_exposed() {
         let m = Metrics::new();
         m.call_ended(Outcome::Completed);
@@ -602,6 +709,7 @@ mod tests {
             "callbridge_upstream_connect_seconds_bucket",
             "callbridge_call_duration_seconds_bucket",
             "callbridge_playout_lead_seconds_bucket",
+            "callbridge_twilio_api_requests_total{op=\"create_call\",outcome=\"timeout\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

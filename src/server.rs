@@ -29,6 +29,7 @@ use url::Url;
 
 use crate::call::bridge::{self, CallParams, Model};
 use crate::call::handshake::{await_start, HandshakeError};
+use crate::call::http_tools::HttpTools;
 use crate::call::tools::{NoTools, ToolRunner};
 use crate::call::{close_code, WsIn, WsOut};
 use crate::config::redact_query;
@@ -85,8 +86,14 @@ pub struct Server {
 impl Server {
     /// Checks everything that would make a call fail later: `public_url`,
     /// the API key for OpenAI's own endpoints, the Twilio auth token.
+    /// The model's function calls go to the HTTP tools of `agent.tools`.
     pub fn new(config: Config, secrets: Secrets, metrics: Metrics) -> Result<Server, ServeError> {
-        Self::with_tools(config, secrets, metrics, Arc::new(NoTools))
+        let tools: Arc<dyn ToolRunner> = if config.agent.tools.is_empty() {
+            Arc::new(NoTools)
+        } else {
+            Arc::new(HttpTools::new(&config.agent.tools)?)
+        };
+        Self::with_tools(config, secrets, metrics, tools)
     }
 
     /// Like [`Server::new`], with `tools` running the model's function calls.

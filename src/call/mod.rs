@@ -1,7 +1,7 @@
 //! One phone call: the handshake that admits a Media Stream ([`handshake`]),
 //! the relay between Twilio and the model ([`bridge`]), and the pure pacing
 //! and mark ledger behind barge-in ([`playout`]), and what runs the model's
-//! function calls ([`tools`]).
+//! function calls ([`tools`], and [`http_tools`] for the configured HTTP tools).
 //!
 //! The bridge sees both sockets as a [`Stream`](futures_util::Stream) of
 //! [`WsIn`] and a [`Sink`](futures_util::Sink) of [`WsOut`] (see [`crate::ws`]),
@@ -10,6 +10,7 @@
 
 pub mod bridge;
 pub mod handshake;
+pub mod http_tools;
 pub mod playout;
 pub mod tools;
 

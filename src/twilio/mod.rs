@@ -13,12 +13,15 @@
 //! - [`messages`]: the JSON frames of a Media Stream, in both directions (the
 //!   reverse direction serves the simulated caller used by tests, demo and load
 //!   tests).
+//! - [`rest`]: the exception to "no I/O": the client for Twilio's REST API
+//!   (hang-up, transfer, outbound calls; `PROTOCOLS.md` §4).
 //!
 //! The wire formats are described in `PROTOCOLS.md` §1; the signature code is
 //! checked against the official `twilio` Python package by
 //! `conformance/twilio_signatures.py` and `fixtures/twilio-signatures.json`.
 
 pub mod messages;
+pub mod rest;
 pub mod signature;
 pub mod token;
 pub mod twiml;

@@ -91,6 +91,160 @@ fn escape_into(out: &mut String, s: &str) {
     }
 }
 
+/// Hands the call to `target` (a transfer): `<Dial><Number>` for a phone
+/// number, `<Dial><Sip>` for a SIP URI, the value escaped.
+///
+/// Sent as the `Twiml` of a REST update on the live call (PROTOCOLS.md §4),
+/// which replaces the running `<Connect><Stream>` and so ends the stream.
+pub fn dial(target: &DialTarget) -> String {
+    let (open, close) = match target.kind {
+        DialKind::Number => ("<Number>", "</Number>"),
+        DialKind::Sip => ("<Sip>", "</Sip>"),
+    };
+    let mut xml = String::with_capacity(DECLARATION.len() + 64 + target.value.len());
+    xml.push_str(DECLARATION);
+    xml.push_str("<Response><Dial>");
+    xml.push_str(open);
+    escape_into(&mut xml, &target.value);
+    xml.push_str(close);
+    xml.push_str("</Dial></Response>\n");
+    xml
+}
+
+/// The longest SIP URI accepted as a transfer target. Twilio takes at most
+/// 4000 characters of inline TwiML; a URI longer than this is a mistake.
+pub const MAX_SIP_URI_LEN: usize = 1024;
+
+/// Where a transfer goes: an E.164 phone number or a SIP URI, checked by
+/// [`DialTarget::parse`] (also used when it is read from config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DialTarget {
+    kind: DialKind,
+    value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialKind {
+    Number,
+    Sip,
+}
+
+/// Why a transfer target was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DialTargetError {
+    #[error("a transfer target must not be empty")]
+    Empty,
+    #[error(
+        "{0:?} is not an E.164 phone number: expected + and 8 to 15 digits, \
+         the first not 0, with no spaces or punctuation (e.g. +14155550123)"
+    )]
+    BadNumber(String),
+    #[error("the SIP URI {0:?} has nothing after its scheme (e.g. sip:help@example.com)")]
+    EmptySip(String),
+    #[error("the SIP URI {0:?} contains whitespace or a control character")]
+    SipWhitespace(String),
+    #[error("the SIP URI is {0} characters long; at most {MAX_SIP_URI_LEN} are accepted")]
+    SipTooLong(usize),
+    #[error(
+        "{0:?} is neither an E.164 phone number (+14155550123) \
+         nor a SIP URI (sip:… or sips:…)"
+    )]
+    Unknown(String),
+}
+
+impl DialTarget {
+    /// Accepts `+` followed by 8–15 digits (E.164), or a `sip:`/`sips:` URI
+    /// without whitespace or control characters. Nothing else: in particular
+    /// no local formats (`(415) 555-0123`), which Twilio would guess at.
+    pub fn parse(raw: &str) -> Result<DialTarget, DialTargetError> {
+        // Errors quote the value (it comes from config), cut to a sane length.
+        let shown = || raw.chars().take(64).collect::<String>();
+        if raw.is_empty() {
+            return Err(DialTargetError::Empty);
+        }
+        if let Some(digits) = raw.strip_prefix('+') {
+            let ok = (8..=15).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !digits.starts_with('0');
+            return if ok {
+                Ok(DialTarget {
+                    kind: DialKind::Number,
+                    value: raw.to_owned(),
+                })
+            } else {
+                Err(DialTargetError::BadNumber(shown()))
+            };
+        }
+        let scheme_len = ["sip:", "sips:"]
+            .iter()
+            .find(|scheme| {
+                raw.get(..scheme.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+            })
+            .map(|scheme| scheme.len());
+        let Some(scheme_len) = scheme_len else {
+            return Err(if raw.bytes().all(|b| b.is_ascii_digit()) {
+                DialTargetError::BadNumber(shown())
+            } else {
+                DialTargetError::Unknown(shown())
+            });
+        };
+        let len = raw.chars().count();
+        if len > MAX_SIP_URI_LEN {
+            return Err(DialTargetError::SipTooLong(len));
+        }
+        if raw
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\u{fffe}' || c == '\u{ffff}')
+        {
+            return Err(DialTargetError::SipWhitespace(shown()));
+        }
+        if raw.len() == scheme_len {
+            return Err(DialTargetError::EmptySip(shown()));
+        }
+        Ok(DialTarget {
+            kind: DialKind::Sip,
+            value: raw.to_owned(),
+        })
+    }
+
+    /// The number or URI, as given.
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+
+    pub fn is_sip(&self) -> bool {
+        self.kind == DialKind::Sip
+    }
+}
+
+impl std::str::FromStr for DialTarget {
+    type Err = DialTargetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DialTarget::parse(s)
+    }
+}
+
+impl TryFrom<String> for DialTarget {
+    type Error = DialTargetError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        DialTarget::parse(&s)
+    }
+}
+
+impl From<DialTarget> for String {
+    fn from(target: DialTarget) -> String {
+        target.value
+    }
+}
+
+impl std::fmt::Display for DialTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +330,166 @@ mod tests {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
              <Response><Say>We&apos;re closed &amp; &lt;busy&gt;.</Say><Hangup/></Response>\n"
         );
+    }
+
+    // --- dial ---
+
+    /// A small well-formedness check for the flat TwiML we write: tags nest,
+    /// text holds no markup, and every `&` starts one of the references
+    /// `escape_into` writes. Returns the element names in document order and
+    /// the text content, unescaped.
+    fn check_xml(xml: &str) -> (Vec<String>, String) {
+        let body = xml.strip_prefix(DECLARATION).expect("declaration");
+        let mut stack: Vec<String> = Vec::new();
+        let mut elements = Vec::new();
+        let mut text = String::new();
+        let mut rest = body;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('<') {
+                let end = after.find('>').expect("unclosed tag");
+                let tag = &after[..end];
+                assert!(!tag.contains('<') && !tag.contains('"'), "bad tag {tag:?}");
+                if let Some(name) = tag.strip_prefix('/') {
+                    assert_eq!(stack.pop().as_deref(), Some(name), "mismatched </{name}>");
+                } else {
+                    stack.push(tag.to_owned());
+                    elements.push(tag.to_owned());
+                }
+                rest = &after[end + 1..];
+            } else {
+                let end = rest.find('<').unwrap_or(rest.len());
+                let mut chunk = &rest[..end];
+                assert!(!chunk.contains('>'), "raw > in text {chunk:?}");
+                while let Some(amp) = chunk.find('&') {
+                    text.push_str(&chunk[..amp]);
+                    let semi = chunk[amp..].find(';').expect("unterminated reference") + amp;
+                    text.push(match &chunk[amp + 1..semi] {
+                        "amp" => '&',
+                        "lt" => '<',
+                        "gt" => '>',
+                        "quot" => '"',
+                        "apos" => '\'',
+                        "#9" => '\t',
+                        "#10" => '\n',
+                        "#13" => '\r',
+                        other => panic!("unknown reference &{other};"),
+                    });
+                    chunk = &chunk[semi + 1..];
+                }
+                text.push_str(chunk);
+                rest = &rest[end..];
+            }
+        }
+        assert!(stack.is_empty(), "unclosed {stack:?}");
+        (elements, text.trim_end_matches('\n').to_owned())
+    }
+
+    #[test]
+    fn dial_number_exact() {
+        let target = DialTarget::parse("+14155550123").unwrap();
+        assert!(!target.is_sip());
+        assert_eq!(
+            dial(&target),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <Response><Dial><Number>+14155550123</Number></Dial></Response>\n"
+        );
+    }
+
+    #[test]
+    fn dial_sip_exact() {
+        let target = DialTarget::parse("sip:help@example.com;transport=tls").unwrap();
+        assert!(target.is_sip());
+        assert_eq!(
+            dial(&target),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <Response><Dial><Sip>sip:help@example.com;transport=tls</Sip></Dial></Response>\n"
+        );
+    }
+
+    #[test]
+    fn dial_escapes_hostile_sip_uri() {
+        for raw in [
+            "sip:a<b>&c\"d'e@example.com",
+            "sip:x</Sip></Dial><Dial><Number>+19005550000</Number></Dial><Dial><Sip>y",
+            "sips:&amp;&lt;@example.com?X-Header=\"1\"&b=<2>",
+        ] {
+            let target = DialTarget::parse(raw).unwrap();
+            let xml = dial(&target);
+            let (elements, text) = check_xml(&xml);
+            assert_eq!(elements, ["Response", "Dial", "Sip"], "{xml}");
+            assert_eq!(xml.matches("<Dial>").count(), 1, "{xml}");
+            assert_eq!(text, raw, "{xml}");
+        }
+    }
+
+    #[test]
+    fn dial_target_accepts_e164_and_sip_only() {
+        for ok in [
+            "+14155550123",
+            "+44207946000",
+            "+12345678",
+            "+123456789012345",
+            "sip:help@example.com",
+            "sips:help@example.com:5061",
+            "SIP:Help@Example.com",
+            "sip:+14155550123@trunk.example.com;user=phone",
+        ] {
+            let t = DialTarget::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(t.as_str(), ok);
+            assert_eq!(t.to_string(), ok);
+            assert_eq!(ok.parse::<DialTarget>().unwrap(), t);
+        }
+        let kind = |e: &DialTargetError| match e {
+            DialTargetError::Empty => "empty",
+            DialTargetError::BadNumber(_) => "number",
+            DialTargetError::EmptySip(_) => "empty sip",
+            DialTargetError::SipWhitespace(_) => "sip whitespace",
+            DialTargetError::SipTooLong(_) => "sip too long",
+            DialTargetError::Unknown(_) => "unknown",
+        };
+        for (raw, expected) in [
+            ("", "empty"),
+            ("+1234567", "number"),
+            ("+1234567890123456", "number"),
+            ("+1 415 555 0123", "number"),
+            ("+1-415-555-0123", "number"),
+            ("+04155550123", "number"),
+            ("+", "number"),
+            ("14155550123", "number"),
+            ("sip:", "empty sip"),
+            ("sips:", "empty sip"),
+            ("sip:a b@example.com", "sip whitespace"),
+            ("sip:a@example.com\n", "sip whitespace"),
+            ("sip:a\u{0}@example.com", "sip whitespace"),
+            ("sip:a\u{85}@example.com", "sip whitespace"),
+            ("tel:+14155550123", "unknown"),
+            ("https://example.com", "unknown"),
+            (" +14155550123", "unknown"),
+            ("sipx:a@example.com", "unknown"),
+        ] {
+            let err = DialTarget::parse(raw).unwrap_err();
+            assert_eq!(kind(&err), expected, "{raw:?}: {err}");
+            assert!(!err.to_string().is_empty());
+        }
+        let long = format!("sip:{}@example.com", "a".repeat(MAX_SIP_URI_LEN));
+        assert!(matches!(
+            DialTarget::parse(&long),
+            Err(DialTargetError::SipTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn dial_target_from_config_values() {
+        let targets: std::collections::BTreeMap<String, DialTarget> =
+            serde_json::from_str(r#"{"sales":"+14155550123","support":"sip:help@example.com"}"#)
+                .unwrap();
+        assert!(!targets["sales"].is_sip());
+        assert!(targets["support"].is_sip());
+        assert_eq!(
+            serde_json::to_string(&targets["sales"]).unwrap(),
+            "\"+14155550123\""
+        );
+        let err = serde_json::from_str::<DialTarget>("\"555-0123\"").unwrap_err();
+        assert!(err.to_string().contains("E.164"), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //! upgrade headers, detects speech by the energy of appended audio, answers
 //! each turn with the documented response event sequence and audio deltas of
 //! varying sizes, honours `response.cancel` and `conversation.item.truncate`,
-//! and can be scripted to send errors, late deltas, or to close.
+//! and can be scripted to send errors, late deltas, to close, or to call a
+//! function (§2.5) and answer again once it has the output.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,11 @@ pub struct Script {
     /// Ignore speech_started's server-side interruption (interrupt_response
     /// false); the bridge's response.cancel must then stop the response.
     pub server_interrupts: bool,
+    /// `(name, arguments)`: the caller's first turn is answered with a
+    /// completed response holding this function call (§2.5); once its
+    /// function_call_output and a response.create arrive, a normal audio
+    /// answer follows.
+    pub function_call: Option<(String, String)>,
 }
 
 impl Default for Script {
@@ -47,6 +53,7 @@ impl Default for Script {
             late_deltas_after_cancel: 0,
             close_after_events: None,
             server_interrupts: false,
+            function_call: None,
         }
     }
 }
@@ -146,6 +153,12 @@ struct Session {
     /// The response in progress; cleared by its task when it completes.
     active: Arc<Mutex<Option<(String, String)>>>,
     cancel_tx: Option<mpsc::UnboundedSender<()>>,
+    /// The scripted function call was made (it is made once).
+    function_called: bool,
+    /// Its call_id, until its function_call_output arrives.
+    awaiting_output: Option<String>,
+    /// The output arrived: the next response.create is answered.
+    output_received: bool,
 }
 
 #[allow(clippy::result_large_err)] // tungstenite's callback signature
@@ -202,6 +215,9 @@ async fn session(tcp: tokio::net::TcpStream, rec: Arc<Mutex<Record>>, script: Sc
         item_seq: 0,
         active: Arc::new(Mutex::new(None)),
         cancel_tx: None,
+        function_called: false,
+        awaiting_output: None,
+        output_received: false,
     };
     let mut count = 0usize;
     while let Some(msg) = rx.next().await {
@@ -288,6 +304,31 @@ fn handle(
                 }
             }
         }
+        "conversation.item.create" => {
+            let item = &ev["item"];
+            if item["type"] == "function_call_output" {
+                let call_id = item["call_id"].as_str();
+                let known = call_id.is_some() && call_id == s.awaiting_output.as_deref();
+                if !known || !item["output"].is_string() {
+                    let _ = out.send(error_event("invalid_value", ev.get("event_id")));
+                    return;
+                }
+                s.awaiting_output = None;
+                s.output_received = true;
+                let _ = out.send(json!({"type":"conversation.item.added","item":{"id":format!("item_fco{}", s.item_seq),"object":"realtime.item","type":"function_call_output","call_id":call_id,"output":item["output"]},"previous_item_id":null}));
+            }
+        }
+        "response.create" => {
+            if s.active.lock().unwrap().is_some() {
+                let _ = out.send(error_event(
+                    "conversation_already_has_active_response",
+                    ev.get("event_id"),
+                ));
+            } else if s.output_received {
+                s.output_received = false;
+                respond(s, out, rec, script);
+            }
+        }
         "conversation.item.truncate" => {
             let item = ev["item_id"].as_str().unwrap_or("");
             let end = ev["audio_end_ms"].as_u64().unwrap_or(u64::MAX);
@@ -370,7 +411,13 @@ fn on_audio(
         let _ = out.send(json!({"type":"input_audio_buffer.speech_stopped","audio_end_ms":(s.input_ms - s.quiet_run_ms) as u64,"item_id":item_in}));
         let _ = out.send(json!({"type":"input_audio_buffer.committed","item_id":item_in,"previous_item_id":null}));
         let _ = out.send(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":item_in,"content_index":0,"transcript":"hello there"}));
-        respond(s, out, rec, script);
+        match &script.function_call {
+            Some((name, arguments)) if !s.function_called => {
+                s.function_called = true;
+                function_call(s, name, arguments, out);
+            }
+            _ => respond(s, out, rec, script),
+        }
     }
 }
 
@@ -393,6 +440,30 @@ fn cancel(
         let _ = out.send(json!({"type":delta,"response_id":resp,"item_id":item,"output_index":0,"content_index":0,"delta":B64.encode(tone(s.output, 40, 0))}));
     }
     let _ = out.send(json!({"type":"response.done","response":{"id":resp,"object":"realtime.response","status":"cancelled","output":[],"usage":{"total_tokens":3,"input_tokens":2,"output_tokens":1}}}));
+}
+
+/// A completed response holding one function call, per §2.5.
+fn function_call(s: &mut Session, name: &str, arguments: &str, out: &mpsc::UnboundedSender<Value>) {
+    s.item_seq += 1;
+    let resp = format!("resp_{}", s.item_seq);
+    let item = format!("item_fc{}", s.item_seq);
+    let call_id = format!("call_{}", s.item_seq);
+    s.awaiting_output = Some(call_id.clone());
+    let added = if s.beta {
+        "conversation.item.created"
+    } else {
+        "conversation.item.added"
+    };
+    let mut item_obj = json!({"id":item,"object":"realtime.item","type":"function_call","status":"in_progress","name":name,"call_id":call_id,"arguments":""});
+    let _ = out.send(json!({"type":"response.created","response":{"id":resp,"object":"realtime.response","status":"in_progress","output":[]}}));
+    let _ = out.send(json!({"type":"response.output_item.added","response_id":resp,"output_index":0,"item":item_obj}));
+    let _ = out.send(json!({"type":added,"item":item_obj,"previous_item_id":null}));
+    let _ = out.send(json!({"type":"response.function_call_arguments.delta","response_id":resp,"item_id":item,"output_index":0,"call_id":call_id,"delta":arguments}));
+    let _ = out.send(json!({"type":"response.function_call_arguments.done","response_id":resp,"item_id":item,"output_index":0,"call_id":call_id,"name":name,"arguments":arguments}));
+    item_obj["status"] = json!("completed");
+    item_obj["arguments"] = json!(arguments);
+    let _ = out.send(json!({"type":"response.output_item.done","response_id":resp,"output_index":0,"item":item_obj}));
+    let _ = out.send(json!({"type":"response.done","response":{"id":resp,"object":"realtime.response","status":"completed","output":[item_obj],"usage":{"total_tokens":12,"input_tokens":10,"output_tokens":2}}}));
 }
 
 /// A 440 Hz tone of `ms` milliseconds in the session's output format,

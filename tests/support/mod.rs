@@ -4,7 +4,9 @@
 
 pub mod fake_live;
 pub mod fake_realtime;
+pub mod fake_tools;
 pub mod fake_twilio;
+pub mod fake_twilio_rest;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
