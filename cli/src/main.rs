@@ -67,11 +67,22 @@ struct EchoRealtimeArgs {
     /// The model protocol to speak.
     #[arg(long, value_enum, default_value = "realtime")]
     protocol: EchoProtocol,
-    /// GPT-Live only: after the caller's first turn, delegate this function call
-    /// (NAME:ARGS_JSON, e.g. 'lookup_order:{"order_id":"123"}'). The function must be
-    /// declared in the session's delegation.responses.tools, or the call is skipped.
+    /// After the caller's first turn, call this function (NAME:ARGS_JSON, e.g.
+    /// 'lookup_order:{"order_id":"123"}'; NAME alone means {}). Realtime: the response
+    /// to that turn is the function call; after the client's function_call_output and
+    /// response.create the peer speaks the output. GPT-Live: the call is delegated to
+    /// the Responses backend. The function must be declared (Realtime: session.tools;
+    /// GPT-Live: session.delegation.responses.tools), else the peer logs a warning and
+    /// answers the turn normally.
     #[arg(long, value_name = "NAME:ARGS_JSON", value_parser = clap::value_parser!(ToolCall))]
     tool_call: Option<ToolCall>,
+    /// On the caller's Nth turn, say "Goodbye, thanks for calling." and call the end_call
+    /// tool with {"reason":"the caller is done"} (Realtime: one response with the goodbye
+    /// and the function call; GPT-Live: the goodbye, then a delegated call). Needs a
+    /// function named end_call declared in the session; without one the peer logs and
+    /// answers normally.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    end_call_after: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -171,9 +182,10 @@ fn echo_realtime(args: EchoRealtimeArgs) -> anyhow::Result<()> {
         mode,
         protocol,
         tool_call,
+        end_call_after,
     } = args;
-    if tool_call.is_some() && protocol != EchoProtocol::Live {
-        anyhow::bail!("--tool-call needs --protocol live");
+    if mode == EchoMode::Loopback && (tool_call.is_some() || end_call_after.is_some()) {
+        anyhow::bail!("--tool-call and --end-call-after need --mode turn");
     }
     init_logging(LogFormat::Text, "info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -193,6 +205,7 @@ fn echo_realtime(args: EchoRealtimeArgs) -> anyhow::Result<()> {
             protocol,
             mode,
             tool_call,
+            end_call_after,
             ..EchoOptions::default()
         };
         callbridge_sim::echo::serve(listener, options, shutdown_signal()).await?;

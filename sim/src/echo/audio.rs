@@ -43,6 +43,13 @@ impl Format {
         }
     }
 
+    pub(crate) fn samples_per_ms(self) -> u64 {
+        match self {
+            Format::Pcm16 => 24,
+            Format::Pcmu => 8,
+        }
+    }
+
     /// Microseconds of audio in `bytes` of this format.
     pub(crate) fn micros(self, bytes: usize) -> u64 {
         match self {
@@ -141,6 +148,35 @@ pub(crate) fn extend_le(out: &mut Vec<u8>, samples: &[i16]) {
     for s in samples {
         out.extend_from_slice(&s.to_le_bytes());
     }
+}
+
+/// A soft two-note chime (A4 then E5, -16 dBFS, 10 ms fades) of `ms`
+/// milliseconds at `samples_per_ms` kHz: what the peer "says" when it has
+/// no caller audio to echo (a greeting, a goodbye, a tool result). Shared
+/// by both protocols.
+pub(crate) fn chime_samples(samples_per_ms: u64, ms: u64) -> Vec<i16> {
+    let rate = samples_per_ms as f64 * 1000.0;
+    let n = (ms * samples_per_ms) as usize;
+    let fade = (10 * samples_per_ms) as usize;
+    (0..n)
+        .map(|i| {
+            let freq = if i < n / 2 { 440.0 } else { 659.25 };
+            let t = i as f64 / rate;
+            let edge = i.min(n - 1 - i).min(fade) as f64 / fade.max(1) as f64;
+            (5200.0 * edge * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
+        })
+        .collect()
+}
+
+/// [`chime_samples`] of `ms` milliseconds, encoded in a Realtime `format`.
+pub(crate) fn chime(format: Format, ms: u64) -> Vec<u8> {
+    let samples = chime_samples(format.samples_per_ms(), ms);
+    let mut out = Vec::with_capacity(samples.len() * format.bytes_per_sample());
+    match format {
+        Format::Pcm16 => extend_le(&mut out, &samples),
+        Format::Pcmu => g711::encode_into(&samples, &mut out),
+    }
+    out
 }
 
 /// Renders a whole captured turn in `output` format, with fresh resamplers

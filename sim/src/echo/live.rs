@@ -26,6 +26,9 @@
 //!   caller's first turn, with the nested Responses stream of a real
 //!   backend; outputs come back with `response.item.create` and one
 //!   `response.create` per complete batch.
+//! - A scripted goodbye on the caller's Nth turn ([`EchoOptions::end_call_after`]):
+//!   spoken, then, once its audio is all sent, a delegated `end_call`; its
+//!   continuation says "Bye now."
 //! - `session.usage.updated` after each answer; `session.close` drains the
 //!   answer in progress and ends with `session.closed`.
 //! - **Loopback mode**: every append is answered at once by one
@@ -41,10 +44,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use super::audio::chime_samples;
 use super::errors::ApiError;
 use super::live_config::{parse_session_start, parse_session_update, LiveConfig, LiveFormat};
 use super::vad::{Vad, VadEvent};
-use super::{EchoMode, EchoOptions, ToolCall};
+use super::{end_call, EchoMode, EchoOptions, ToolCall, BYE_NOW, END_CALL, GOODBYE};
 use callbridge::audio::g711;
 
 /// Sizes of successive audio deltas of an answer, cycled: a bridge that
@@ -80,6 +84,9 @@ const MAX_CONTENT_CHARS: usize = 2000;
 const COMMENTARY_MS: u64 = 1200;
 const ACK_MS: u64 = 600;
 const TOOL_ANSWER_MS: u64 = 1500;
+/// The goodbye before `end_call`, and the "Bye now." after its output.
+const GOODBYE_MS: u64 = 1200;
+const BYE_MS: u64 = 600;
 
 /// Counters for the session's end-of-session log line.
 #[derive(Debug, Default, Clone, Copy)]
@@ -111,6 +118,9 @@ enum Phase {
 struct Speech {
     audio: Vec<u8>,
     text: String,
+    /// A function call to delegate once this speech's audio is all sent
+    /// (the goodbye, then `end_call`).
+    then: Option<ToolCall>,
 }
 
 /// The answer being spoken.
@@ -126,6 +136,7 @@ struct Answer {
     text_sent: usize,
     /// Where the answer starts on the session timeline.
     start_ms: u64,
+    then: Option<ToolCall>,
 }
 
 /// A function call of the backend awaiting its output.
@@ -192,22 +203,10 @@ fn secs(ms: u64) -> String {
     format!("{}.{}", ms / 1000, (ms % 1000) / 100)
 }
 
-/// A soft two-note chime (A4 then E5, -16 dBFS, 10 ms fades) of `ms`
-/// milliseconds in `format`: what the peer "says" when it has no caller
-/// audio to echo.
+/// A chime ([`super::audio::chime_samples`]) of `ms` milliseconds in
+/// `format`: what the peer "says" when it has no caller audio to echo.
 pub(crate) fn chime(format: LiveFormat, ms: u64) -> Vec<u8> {
-    let rate = format.samples_per_ms() as f64 * 1000.0;
-    let n = (ms * format.samples_per_ms()) as usize;
-    let fade = (10 * format.samples_per_ms()) as usize;
-    let samples: Vec<i16> = (0..n)
-        .map(|i| {
-            let freq = if i < n / 2 { 440.0 } else { 659.25 };
-            let t = i as f64 / rate;
-            let edge = i.min(n - 1 - i).min(fade) as f64 / fade.max(1) as f64;
-            (5200.0 * edge * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
-        })
-        .collect();
-    encode(format, &samples)
+    encode(format, &chime_samples(format.samples_per_ms(), ms))
 }
 
 fn encode(format: LiveFormat, samples: &[i16]) -> Vec<u8> {
@@ -243,6 +242,9 @@ pub(crate) struct LiveSession {
     tool_call: Option<ToolCall>,
     /// The scripted call was made (or skipped): it happens once.
     tool_call_done: bool,
+    end_call_after: Option<u32>,
+    /// The scripted `end_call` was made (or skipped as undeclared).
+    end_call_done: bool,
     /// Unique per session: ids are `<kind>_<tag>_<counter>`.
     tag: String,
     counter: u64,
@@ -284,6 +286,8 @@ impl LiveSession {
             first_audio_delay: options.first_audio_delay,
             tool_call: options.tool_call.clone(),
             tool_call_done: false,
+            end_call_after: options.end_call_after,
+            end_call_done: false,
             id: format!("live_{tag}"),
             tag,
             counter: 0,
@@ -637,7 +641,11 @@ impl LiveSession {
         if what == "commentary" && self.mode == EchoMode::Turn {
             let text = format!("(commentary: {})", clip(&content, 120));
             let audio = chime(self.format(), COMMENTARY_MS);
-            self.queue.push_back(Speech { audio, text });
+            self.queue.push_back(Speech {
+                audio,
+                text,
+                then: None,
+            });
             self.start_next(now);
         }
     }
@@ -714,7 +722,11 @@ impl LiveSession {
         if let Some((from, to)) = voiced {
             if self.answer.is_some() && to - from >= YIELD_MS * spm {
                 // Talked over: the model stops by itself. No event says so.
-                self.answer = None;
+                // A goodbye cut short makes no end_call: the next turn
+                // tries again.
+                if self.answer.take().is_some_and(|a| a.then.is_some()) {
+                    self.end_call_done = false;
+                }
                 self.stats.yielded += 1;
                 tracing::debug!(session = %self.id, "yielded to the caller");
                 let usage = self.usage(now);
@@ -760,15 +772,44 @@ impl LiveSession {
             // Too short to interrupt ("mhm"): the model talks on.
             return;
         }
-        if !self.tool_call_done && self.tool_call.is_some() {
-            self.tool_call_done = true;
-            if self.delegate(now) {
-                let audio = chime(self.format(), ACK_MS);
+        let end_call_due = self
+            .end_call_after
+            .is_some_and(|n| self.stats.turns >= u64::from(n.max(1)));
+        if end_call_due && !self.end_call_done && self.batch.is_none() {
+            // Marked again once the call is made (the goodbye may be cut short).
+            self.end_call_done = true;
+            if self.may_delegate(END_CALL) {
+                let audio = chime(self.format(), GOODBYE_MS);
                 self.queue.push_back(Speech {
                     audio,
-                    text: "(one moment, checking)".to_owned(),
+                    text: GOODBYE.to_owned(),
+                    then: Some(end_call()),
                 });
                 return;
+            }
+            tracing::warn!(
+                session = %self.id,
+                "--end-call-after: the session declares no end_call function in session.delegation.responses.tools; answering normally"
+            );
+        }
+        if !self.tool_call_done {
+            if let Some(call) = self.tool_call.clone() {
+                self.tool_call_done = true;
+                if self.may_delegate(&call.name) {
+                    self.delegate(call, now);
+                    let audio = chime(self.format(), ACK_MS);
+                    self.queue.push_back(Speech {
+                        audio,
+                        text: "(one moment, checking)".to_owned(),
+                        then: None,
+                    });
+                    return;
+                }
+                tracing::warn!(
+                    session = %self.id,
+                    tool = %call.name,
+                    "scripted tool call skipped: the function is not declared in session.delegation.responses.tools"
+                );
             }
         }
         let bps = self.format().bytes_per_sample();
@@ -780,7 +821,11 @@ impl LiveSession {
         let b = ((to - self.capture_start) as usize * bps).min(self.capture.len());
         let audio = self.capture[a..b].to_vec();
         let text = format!("(echo of {} s of your speech)", secs(voiced_ms));
-        self.queue.push_back(Speech { audio, text });
+        self.queue.push_back(Speech {
+            audio,
+            text,
+            then: None,
+        });
     }
 
     // ---- answers -----------------------------------------------------------
@@ -808,6 +853,7 @@ impl LiveSession {
             text: speech.text,
             text_sent: 0,
             start_ms,
+            then: speech.then,
         });
     }
 
@@ -823,10 +869,18 @@ impl LiveSession {
                 return;
             }
             if a.sent >= a.audio.len() {
+                let then = a.then.take();
                 self.answer = None;
                 self.stats.answers += 1;
                 let usage = self.usage(now);
                 self.emit("session.usage.updated", None, json!({ "usage": usage }));
+                if let Some(call) = then {
+                    if self.phase == Phase::Active && self.batch.is_none() {
+                        // The goodbye is said: now the call.
+                        self.delegate(call, now);
+                        self.end_call_done = true;
+                    }
+                }
                 if matches!(self.phase, Phase::Closing { .. }) {
                     return self.send_closed(now);
                 }
@@ -864,24 +918,24 @@ impl LiveSession {
 
     // ---- delegation and function calls ---------------------------------------
 
-    /// The scripted function call, if its function is declared: the
-    /// delegation and the backend's stream up to `response.completed`.
-    fn delegate(&mut self, now: Instant) -> bool {
-        let Some(call) = self.tool_call.clone() else {
-            return false;
-        };
-        let Some(cfg) = self.cfg.as_ref() else {
-            return false;
-        };
-        if cfg.delegation_type() != "responses" || !cfg.declares_function(&call.name) {
-            tracing::warn!(
-                session = %self.id,
-                tool = %call.name,
-                "scripted tool call skipped: the function is not declared in session.delegation.responses.tools"
-            );
-            return false;
-        }
-        let backend = cfg.responses_model().unwrap_or("gpt-5.5").to_owned();
+    /// Whether the backend may call function `name`: Responses delegation
+    /// with `name` among its function tools.
+    fn may_delegate(&self, name: &str) -> bool {
+        self.cfg
+            .as_ref()
+            .is_some_and(|c| c.delegation_type() == "responses" && c.declares_function(name))
+    }
+
+    /// A scripted function call (whose function is declared, see
+    /// [`LiveSession::may_delegate`]): the delegation and the backend's
+    /// stream up to `response.completed`.
+    fn delegate(&mut self, call: ToolCall, now: Instant) {
+        let backend = self
+            .cfg
+            .as_ref()
+            .and_then(LiveConfig::responses_model)
+            .unwrap_or("gpt-5.5")
+            .to_owned();
         let delegation_id = self.next_id("dlg");
         let response_id = self.next_id("resp");
         let call_id = self.next_id("call");
@@ -922,7 +976,6 @@ impl LiveSession {
             }],
         });
         self.stats.tool_calls += 1;
-        true
     }
 
     /// Wraps backend stream events in `response.event`, numbering them.
@@ -1072,13 +1125,22 @@ impl LiveSession {
         ];
         self.nested(&batch.delegation_id, stream);
         // The voice model says the result in its own words.
-        let said = results
-            .iter()
-            .map(|(name, output)| format!("(answer from {name}: {output})"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let audio = chime(self.format(), TOOL_ANSWER_MS);
-        self.queue.push_back(Speech { audio, text: said });
+        let (said, ms) = if results.iter().all(|(name, _)| name == END_CALL) {
+            (BYE_NOW.to_owned(), BYE_MS)
+        } else {
+            let said = results
+                .iter()
+                .map(|(name, output)| format!("(answer from {name}: {output})"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            (said, TOOL_ANSWER_MS)
+        };
+        let audio = chime(self.format(), ms);
+        self.queue.push_back(Speech {
+            audio,
+            text: said,
+            then: None,
+        });
         self.start_next(now);
     }
 }
@@ -1307,6 +1369,72 @@ mod tests {
         let kinds = types(&events);
         assert!(!kinds.contains(&"session.delegation.created"), "{kinds:?}");
         assert!(kinds.contains(&"session.output_audio.delta"), "{kinds:?}");
+    }
+
+    #[test]
+    fn goodbye_then_end_call_on_the_nth_turn() {
+        let options = EchoOptions {
+            end_call_after: Some(2),
+            ..options(None)
+        };
+        let mut s = LiveSession::new(&options, "t8".into());
+        let t0 = Instant::now();
+        s.on_text(&start_event(responses_with("end_call")), t0);
+        drain(&mut s);
+        // Turn 1 is echoed.
+        speak(&mut s, 600, 600, t0);
+        let mut now = t0 + Duration::from_secs(5);
+        s.on_tick(now);
+        assert!(!types(&drain(&mut s)).contains(&"session.delegation.created"));
+        // Turn 2: the goodbye, and only after its last audio, the call.
+        speak(&mut s, 600, 600, now);
+        let mut events = drain(&mut s);
+        for _ in 0..100 {
+            now += Duration::from_millis(50);
+            s.on_tick(now);
+            events.extend(drain(&mut s));
+        }
+        let kinds = types(&events);
+        let said: String = events
+            .iter()
+            .filter(|e| e["type"] == "session.output_transcript.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(said, GOODBYE);
+        let last_audio = kinds
+            .iter()
+            .rposition(|k| *k == "session.output_audio.delta")
+            .unwrap();
+        let created = kinds
+            .iter()
+            .position(|k| *k == "session.delegation.created")
+            .expect("delegation");
+        assert!(created > last_audio, "{kinds:?}");
+        let done = events
+            .iter()
+            .find(|e| e["event"]["type"] == "response.output_item.done")
+            .unwrap();
+        assert_eq!(done["event"]["item"]["name"], "end_call");
+        assert_eq!(
+            done["event"]["item"]["arguments"],
+            r#"{"reason":"the caller is done"}"#
+        );
+        let call_id = done["event"]["item"]["call_id"].as_str().unwrap();
+        let output = json!({"type": "response.item.create", "item": {
+            "type": "function_call_output", "call_id": call_id, "output": "{\"ok\":true}"}});
+        s.on_text(&output.to_string(), now);
+        s.on_text(r#"{"type":"response.create"}"#, now);
+        let mut said = String::new();
+        for _ in 0..40 {
+            now += Duration::from_millis(50);
+            s.on_tick(now);
+            for e in drain(&mut s) {
+                if e["type"] == "session.output_transcript.delta" {
+                    said.push_str(e["delta"].as_str().unwrap());
+                }
+            }
+        }
+        assert_eq!(said, BYE_NOW);
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //!   twice as fast as real time as the real service does, interleaved with
 //!   transcript deltas. Barge-in, `response.cancel`, `conversation.item.truncate`
 //!   and manual turns (`turn_detection: null`) behave as PROTOCOLS.md says.
+//!   Scripted function calls (see [Scripted tool calls](#scripted-tool-calls))
+//!   follow PROTOCOLS.md §2.5.
 //! - **loopback**: for load tests. No VAD and no turns: every
 //!   `input_audio_buffer.append` is answered at once by one audio delta with
 //!   the same audio (byte-identical when input and output formats match)
@@ -49,15 +51,62 @@
 //!   `session.input_transcript.delta` for the caller. Caller speech of
 //!   200 ms or more while it talks makes it stop by itself, unannounced.
 //!   `session.commentary.append` is acked and spoken (a chime whose
-//!   transcript quotes it). [`EchoOptions::tool_call`] scripts one delegated
-//!   function call after the caller's first turn (`session.delegation.created`
-//!   and the nested `response.event` stream), continued by
-//!   `response.item.create` + `response.create`, then spoken with the tool
-//!   output in its transcript. `session.usage.updated` follows each answer;
-//!   `session.close` ends with `session.closed`.
+//!   transcript quotes it). Scripted function calls are delegated
+//!   (see [Scripted tool calls](#scripted-tool-calls)).
+//!   `session.usage.updated` follows each answer; `session.close` ends with
+//!   `session.closed`.
 //! - **loopback**: every `session.input_audio.append` is answered at once by
 //!   one `session.output_audio.delta` with the same base64 (GPT-Live uses
 //!   one format both ways, so it is always byte-identical).
+//!
+//! # Scripted tool calls
+//!
+//! The peer has no language model, so tool use is scripted, in turn mode
+//! and for functions the session declares (a real model can call nothing
+//! else; an undeclared one is logged once as a warning and the turn is
+//! answered normally). The peer has no TTS either: what it "says" is a chime
+//! whose transcript carries the words.
+//!
+//! - **`--tool-call NAME:ARGS_JSON`** ([`EchoOptions::tool_call`]): after
+//!   the caller's first turn.
+//!   - Realtime (`NAME` in `session.tools`, `tool_choice` not `"none"`): the
+//!     response to the turn is the call: `response.created` →
+//!     `response.output_item.added` (a `function_call` item: `id`,
+//!     `call_id`, `name`, `arguments: ""`, `in_progress`) →
+//!     `response.function_call_arguments.delta` (several) →
+//!     `response.function_call_arguments.done` (`call_id`, `arguments`, and
+//!     `name` in GA only) → `response.output_item.done` (`completed`) →
+//!     `response.done` (`completed`, `output` = the call, `usage`). The
+//!     client answers with `conversation.item.create` (a
+//!     `function_call_output`, acked by `conversation.item.added`/`.done`,
+//!     beta `.created`; one for an unknown `call_id` is logged as a
+//!     warning, where the real API answers `invalid_tool_call_id`) and
+//!     `response.create`, which starts an audio
+//!     response whose transcript is `(answer from NAME: OUTPUT)`. A
+//!     `response.create` while a response is active gets
+//!     `conversation_already_has_active_response`.
+//!   - GPT-Live (`NAME` in `session.delegation.responses.tools`):
+//!     `session.delegation.created` and the nested `response.event` stream
+//!     with the call, a spoken "(one moment, checking)", then after
+//!     `response.item.create` + `response.create` the answer with the
+//!     output in its transcript.
+//! - **`--end-call-after N`** ([`EchoOptions::end_call_after`]): on the
+//!   caller's Nth turn, if the session declares `end_call`, the peer says
+//!   "Goodbye, thanks for calling." and calls `end_call` with
+//!   `{"reason":"the caller is done"}`.
+//!   - Realtime: one response with the goodbye message item (`output_index`
+//!     0) and then the `function_call` item (`output_index` 1), ending in
+//!     `response.done` `completed` with both in `output`.
+//!   - GPT-Live: the goodbye is spoken, and once its audio is all sent the
+//!     call is delegated as above.
+//!
+//!   After the output and `response.create` the peer says "Bye now." A
+//!   goodbye cancelled by barge-in (Realtime) or talked over (GPT-Live)
+//!   makes no call; the next turn tries again. With both options, the Nth
+//!   turn's goodbye takes precedence over the tool call; it waits while a
+//!   call's output is still to be answered (Realtime: a response speaks
+//!   pending outputs first; GPT-Live: no `end_call` while a delegated
+//!   call awaits its output).
 //!
 //! Scale: one task per session and no state shared between sessions beyond
 //! an id counter, so thousands of sessions fit on one core; in loopback mode
@@ -197,13 +246,15 @@ impl FromStr for EchoProtocol {
     }
 }
 
-/// A function call the GPT-Live peer makes after the caller's first turn:
+/// A function call the peer makes after the caller's first turn:
 /// `NAME:ARGS_JSON` on the command line, e.g.
 /// `lookup_order:{"order_id":"123"}` (`NAME` alone means `{}`).
 ///
-/// The function must be declared in the session's
-/// `delegation.responses.tools`, as the real backend can only call declared
-/// tools; if it is not, the peer logs a warning and skips the call.
+/// The function must be declared to the model, as a real model can only
+/// call declared tools: in `session.tools` (Realtime, both dialects, with a
+/// `tool_choice` other than `"none"`) or in
+/// `session.delegation.responses.tools` (GPT-Live). If it is not, the peer
+/// logs a warning and answers the turn normally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCall {
     pub name: String,
@@ -271,9 +322,14 @@ pub struct EchoOptions {
     /// can show a realistic turn latency). Zero by default, so tests measure
     /// the bridge alone.
     pub first_audio_delay: Duration,
-    /// GPT-Live only: a delegated function call to make after the caller's
-    /// first turn. None by default.
+    /// A function call to make after the caller's first turn (Realtime: the
+    /// response to that turn is the call; GPT-Live: a delegated call). None
+    /// by default.
     pub tool_call: Option<ToolCall>,
+    /// On the caller's Nth turn (counting from 1), say a goodbye and call
+    /// the `end_call` tool with `{"reason":"the caller is done"}`, if the
+    /// session declares a function named `end_call`. None by default.
+    pub end_call_after: Option<u32>,
 }
 
 impl Default for EchoOptions {
@@ -285,7 +341,26 @@ impl Default for EchoOptions {
             speed: 2.0,
             first_audio_delay: Duration::ZERO,
             tool_call: None,
+            end_call_after: None,
         }
+    }
+}
+
+/// The built-in hang-up tool that [`EchoOptions::end_call_after`] calls.
+pub(crate) const END_CALL: &str = "end_call";
+
+/// What the peer says before it calls `end_call` (the transcript of the
+/// goodbye; the audio is a chime).
+pub(crate) const GOODBYE: &str = "Goodbye, thanks for calling.";
+
+/// What the peer says once `end_call` has its output.
+pub(crate) const BYE_NOW: &str = "Bye now.";
+
+/// The scripted `end_call` function call.
+pub(crate) fn end_call() -> ToolCall {
+    ToolCall {
+        name: END_CALL.to_owned(),
+        arguments: r#"{"reason":"the caller is done"}"#.to_owned(),
     }
 }
 
@@ -514,6 +589,7 @@ async fn run_session(
                 turns = stats.turns,
                 responses = stats.responses,
                 cancelled = stats.cancelled,
+                tool_calls = stats.tool_calls,
                 errors = stats.errors,
                 secs = started.elapsed().as_secs_f64(),
                 "echo-realtime session ended"

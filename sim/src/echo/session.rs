@@ -21,11 +21,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::audio::{decode_pcm, extend_le, render, to_ms, Capture, Format};
+use super::audio::{chime, decode_pcm, extend_le, render, to_ms, Capture, Format};
 use super::errors::ApiError;
 use super::session_config::{parse_session_update, Config, TurnDetection};
 use super::vad::{Vad, VadEvent, START_WINDOWS, TICKS_PER_MS, WINDOW_MS};
-use super::{Dialect, EchoMode, EchoOptions};
+use super::{end_call, Dialect, EchoMode, EchoOptions, ToolCall, BYE_NOW, END_CALL, GOODBYE};
 use callbridge::audio::g711;
 use callbridge::audio::resample::{Downsampler, Upsampler};
 
@@ -48,6 +48,21 @@ const MAX_ITEMS: usize = 32;
 
 /// Stand-in token accounting for `usage`: one audio token per 100 ms.
 const MS_PER_AUDIO_TOKEN: u64 = 100;
+
+/// Spoken answers that are not echoes (chimes with a transcript), in ms:
+/// the goodbye before `end_call`, the answer with a tool's output, and the
+/// "Bye now." once `end_call` has its output.
+const GOODBYE_MS: u64 = 1200;
+const TOOL_ANSWER_MS: u64 = 1500;
+const BYE_MS: u64 = 600;
+
+/// The largest `response.function_call_arguments.delta`, in bytes: the
+/// arguments of a scripted call arrive in several deltas, as a real
+/// model's do.
+const ARGUMENTS_DELTA_BYTES: usize = 12;
+
+/// Function calls remembered for `function_call_output` validation.
+const MAX_CALLS: usize = 32;
 
 /// Event names that differ between the dialects (PROTOCOLS.md §2.4).
 struct Names {
@@ -90,11 +105,52 @@ struct Turn {
     ms: u64,
 }
 
+/// Which scripted call a response carries, so it is marked as made once
+/// its item is sent (a response cancelled before then makes no call, and the
+/// script tries again on the next response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// [`EchoOptions::tool_call`].
+    ToolCall,
+    /// [`EchoOptions::end_call_after`].
+    EndCall,
+}
+
+/// What a response will say and do, decided when it starts.
+#[derive(Debug)]
+struct Content {
+    /// The audio of the message item, in the output format.
+    audio: Vec<u8>,
+    transcript: String,
+    input_ms: u64,
+    /// Whether the response has an audio message item (a response that
+    /// only calls a function has none).
+    message: bool,
+    call: Option<(Script, ToolCall)>,
+}
+
+/// A function call of the conversation (made by the peer, or a
+/// `function_call` item the client created) and its output, if it came.
+#[derive(Debug)]
+struct CallRecord {
+    call_id: String,
+    name: String,
+    output: Option<String>,
+    /// A response has already spoken the output.
+    answered: bool,
+}
+
 /// The response being generated.
 #[derive(Debug)]
 struct Response {
     id: String,
+    /// The audio message item's id (unused when `message` is false).
     item_id: String,
+    /// Whether the response has an audio message item.
+    message: bool,
+    /// The function call item sent after the message (or alone), when the
+    /// audio is all sent.
+    call: Option<(Script, ToolCall)>,
     format: Format,
     /// The whole answer in the output format (empty for a loopback response).
     audio: Vec<u8>,
@@ -126,6 +182,7 @@ pub(crate) struct Stats {
     pub(crate) turns: u64,
     pub(crate) responses: u64,
     pub(crate) cancelled: u64,
+    pub(crate) tool_calls: u64,
     pub(crate) errors: u64,
 }
 
@@ -156,6 +213,24 @@ fn next_word(text: &str, from: usize) -> usize {
         Some(i) => from + i + 1,
         None => text.len(),
     }
+}
+
+/// `arguments` cut into pieces of at most `max` bytes (on character
+/// boundaries; at least one character each), which concatenate to it: the
+/// `response.function_call_arguments.delta` fragments.
+fn argument_chunks(arguments: &str, max: usize) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut rest = arguments;
+    while !rest.is_empty() {
+        let mut end = max.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
 }
 
 /// Writes an audio delta event by hand. Every interpolated string is one
@@ -205,6 +280,14 @@ pub(crate) struct Session {
     active: Option<Response>,
     /// A turn ended (create_response) while a response was still running.
     queued: bool,
+    tool_call: Option<ToolCall>,
+    end_call_after: Option<u32>,
+    /// The scripted tool call was made, or skipped as undeclared: it
+    /// happens (or is warned about) once.
+    tool_call_done: bool,
+    /// Likewise for the scripted `end_call`.
+    end_call_done: bool,
+    calls: VecDeque<CallRecord>,
     items: VecDeque<ItemRecord>,
     /// Server events to send, in order.
     pub(crate) out: Vec<String>,
@@ -246,6 +329,11 @@ impl Session {
             previous_item: None,
             active: None,
             queued: false,
+            tool_call: options.tool_call.clone(),
+            end_call_after: options.end_call_after,
+            tool_call_done: false,
+            end_call_done: false,
+            calls: VecDeque::new(),
             items: VecDeque::new(),
             out: Vec::new(),
             bytes: Vec::new(),
@@ -815,58 +903,154 @@ impl Session {
         })
     }
 
-    /// Starts a response: a turn response speaks the last committed turn
-    /// back; a loopback one carries the deltas of every later append.
+    /// What the next (non-loopback) response says and does, in order of
+    /// precedence: the outputs of function calls that no response has
+    /// spoken yet; the goodbye and `end_call` on the caller's Nth turn
+    /// ([`EchoOptions::end_call_after`]); the scripted tool call after the
+    /// first turn ([`EchoOptions::tool_call`]); else the echo of the last turn.
+    fn plan(&mut self) -> Content {
+        let format = self.cfg.output;
+        let input_ms = self.last_turn.as_ref().map_or(0, |t| t.ms);
+        let outputs: Vec<(String, String)> = self
+            .calls
+            .iter_mut()
+            .filter(|c| !c.answered)
+            .filter_map(|c| {
+                let output = c.output.clone()?;
+                c.answered = true;
+                Some((c.name.clone(), output))
+            })
+            .collect();
+        if !outputs.is_empty() {
+            let (transcript, ms) = if outputs.iter().all(|(name, _)| name == END_CALL) {
+                (BYE_NOW.to_owned(), BYE_MS)
+            } else {
+                let said = outputs
+                    .iter()
+                    .map(|(name, output)| format!("(answer from {name}: {output})"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                (said, TOOL_ANSWER_MS)
+            };
+            return Content {
+                audio: chime(format, ms),
+                transcript,
+                input_ms: 0,
+                message: true,
+                call: None,
+            };
+        }
+        let turns = self.stats.turns;
+        let end_call_due = self
+            .end_call_after
+            .is_some_and(|n| turns >= u64::from(n.max(1)));
+        if end_call_due && !self.end_call_done {
+            if self.cfg.may_call(END_CALL) {
+                return Content {
+                    audio: chime(format, GOODBYE_MS),
+                    transcript: GOODBYE.to_owned(),
+                    input_ms,
+                    message: true,
+                    call: Some((Script::EndCall, end_call())),
+                };
+            }
+            self.end_call_done = true;
+            tracing::warn!(
+                session = %self.id,
+                "--end-call-after: the session declares no end_call function in session.tools; answering normally"
+            );
+        }
+        if turns >= 1 && !self.tool_call_done {
+            if let Some(call) = &self.tool_call {
+                if self.cfg.may_call(&call.name) {
+                    return Content {
+                        audio: Vec::new(),
+                        transcript: String::new(),
+                        input_ms,
+                        message: false,
+                        call: Some((Script::ToolCall, call.clone())),
+                    };
+                }
+                self.tool_call_done = true;
+                tracing::warn!(
+                    session = %self.id,
+                    tool = %call.name,
+                    "scripted tool call skipped: the function is not declared in session.tools (or tool_choice is \"none\"); answering normally"
+                );
+            }
+        }
+        let (audio, ms) = match &self.last_turn {
+            Some(turn) => (render(&turn.samples, turn.format, format), turn.ms),
+            None => (Vec::new(), 0),
+        };
+        let transcript = format!("(echo of {} ms)", format.micros(audio.len()) / 1000);
+        Content {
+            audio,
+            transcript,
+            input_ms: ms,
+            message: true,
+            call: None,
+        }
+    }
+
+    /// Starts a response: a turn response speaks (see [`Session::plan`]);
+    /// a loopback one carries the deltas of every later append.
     fn start_response(&mut self, now: Instant, loopback: bool) {
         let format = self.cfg.output;
-        let (audio, input_ms) = match (&self.last_turn, loopback) {
-            (Some(turn), false) => (render(&turn.samples, turn.format, format), turn.ms),
-            _ => (Vec::new(), 0),
-        };
-        let transcript = if loopback {
-            "(loopback)".to_owned()
+        let content = if loopback {
+            Content {
+                audio: Vec::new(),
+                transcript: "(loopback)".to_owned(),
+                input_ms: 0,
+                message: true,
+                call: None,
+            }
         } else {
-            format!("(echo of {} ms)", format.micros(audio.len()) / 1000)
+            self.plan()
         };
         let id = self.next_id("resp");
         let item_id = self.next_id("item");
         let response = self.response_json(&id, "in_progress", Value::Null, json!([]), Value::Null);
         self.emit("response.created", json!({ "response": response }));
-        let item = json!({
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "assistant",
-            "status": "in_progress",
-            "content": [],
-        });
-        self.emit(
-            "response.output_item.added",
-            json!({"response_id": id, "output_index": 0, "item": item}),
-        );
-        self.emit(
-            "response.content_part.added",
-            json!({
-                "response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
-                "part": {"type": "audio", "transcript": ""},
-            }),
-        );
-        self.previous_item = Some(item_id.clone());
+        if content.message {
+            let item = json!({
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [],
+            });
+            self.emit(
+                "response.output_item.added",
+                json!({"response_id": id, "output_index": 0, "item": item}),
+            );
+            self.emit(
+                "response.content_part.added",
+                json!({
+                    "response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
+                    "part": {"type": "audio", "transcript": ""},
+                }),
+            );
+            self.previous_item = Some(item_id.clone());
+        }
         self.stats.responses += 1;
         let origin = now + self.first_audio_delay;
         self.active = Some(Response {
             id,
             item_id,
+            message: content.message,
+            call: content.call,
             format,
-            audio,
+            audio: content.audio,
             sent: 0,
             chunk: 0,
             origin,
             due: origin,
-            transcript,
+            transcript: content.transcript,
             transcript_sent: 0,
             loopback,
-            input_ms,
+            input_ms: content.input_ms,
         });
     }
 
@@ -932,48 +1116,130 @@ impl Session {
         })
     }
 
-    /// Completes the active response after its last delta.
+    /// Completes the active response after its last delta: the message
+    /// item's closing events, then the function call item if it has one,
+    /// then `response.done`.
     fn finish(&mut self, now: Instant) {
         let Some(r) = self.active.take() else {
             return;
         };
         let (id, item_id) = (r.id.as_str(), r.item_id.as_str());
-        if r.transcript_sent < r.transcript.len() {
+        let mut output = Vec::new();
+        if r.message {
+            if r.transcript_sent < r.transcript.len() {
+                self.emit(
+                    self.names.transcript_delta,
+                    json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
+                           "delta": &r.transcript[r.transcript_sent..]}),
+                );
+            }
             self.emit(
-                self.names.transcript_delta,
+                self.names.transcript_done,
                 json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
-                       "delta": &r.transcript[r.transcript_sent..]}),
+                       "transcript": r.transcript}),
             );
+            self.emit(
+                self.names.audio_done,
+                json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0}),
+            );
+            self.emit(
+                "response.content_part.done",
+                json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
+                       "part": {"type": "audio", "transcript": r.transcript}}),
+            );
+            let item = self.assistant_item(item_id, "completed", &r.transcript);
+            self.emit(
+                "response.output_item.done",
+                json!({"response_id": id, "output_index": 0, "item": item}),
+            );
+            output.push(item);
+            self.remember(ItemRecord {
+                id: r.item_id.clone(),
+                audio: Some((r.format, r.sent)),
+            });
         }
-        self.emit(
-            self.names.transcript_done,
-            json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
-                   "transcript": r.transcript}),
-        );
-        self.emit(
-            self.names.audio_done,
-            json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0}),
-        );
-        self.emit(
-            "response.content_part.done",
-            json!({"response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0,
-                   "part": {"type": "audio", "transcript": r.transcript}}),
-        );
-        let item = self.assistant_item(item_id, "completed", &r.transcript);
-        self.emit(
-            "response.output_item.done",
-            json!({"response_id": id, "output_index": 0, "item": item}),
-        );
-        let usage = Self::usage(r.input_ms, r.format.micros(r.sent) / 1000, &r.transcript);
-        let response = self.response_json(id, "completed", Value::Null, json!([item]), usage);
+        let mut text = r.transcript.clone();
+        if let Some((script, call)) = &r.call {
+            let item = self.function_call(id, output.len(), call);
+            output.push(item);
+            match script {
+                Script::ToolCall => self.tool_call_done = true,
+                Script::EndCall => self.end_call_done = true,
+            }
+            text.push(' ');
+            text.push_str(&call.arguments);
+        }
+        let usage = Self::usage(r.input_ms, r.format.micros(r.sent) / 1000, &text);
+        let response = self.response_json(id, "completed", Value::Null, json!(output), usage);
         self.emit("response.done", json!({ "response": response }));
-        self.remember(ItemRecord {
-            id: r.item_id,
-            audio: Some((r.format, r.sent)),
-        });
         if std::mem::take(&mut self.queued) {
             self.start_response(now, false);
         }
+    }
+
+    /// Sends a function call item of response `response_id` at
+    /// `output_index` (PROTOCOLS.md §2.5): `output_item.added` with empty
+    /// arguments, the argument deltas, `function_call_arguments.done`,
+    /// `output_item.done`. Returns the completed item for `response.done`.
+    fn function_call(&mut self, response_id: &str, output_index: usize, call: &ToolCall) -> Value {
+        let item_id = self.next_id("item");
+        let call_id = self.next_id("call");
+        let item = |status: &str, arguments: &str| {
+            json!({
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "function_call",
+                "status": status,
+                "name": call.name,
+                "call_id": call_id,
+                "arguments": arguments,
+            })
+        };
+        self.emit(
+            "response.output_item.added",
+            json!({"response_id": response_id, "output_index": output_index, "item": item("in_progress", "")}),
+        );
+        for delta in argument_chunks(&call.arguments, ARGUMENTS_DELTA_BYTES) {
+            self.emit(
+                "response.function_call_arguments.delta",
+                json!({"response_id": response_id, "item_id": item_id, "output_index": output_index,
+                       "call_id": call_id, "delta": delta}),
+            );
+        }
+        let mut done = json!({"response_id": response_id, "item_id": item_id, "output_index": output_index,
+                              "call_id": call_id, "arguments": call.arguments});
+        if self.dialect == Dialect::Ga {
+            // Beta's `.done` has no `name` (PROTOCOLS.md §2.4): a bridge must
+            // take it from the item.
+            done["name"] = json!(call.name);
+        }
+        self.emit("response.function_call_arguments.done", done);
+        let completed = item("completed", &call.arguments);
+        self.emit(
+            "response.output_item.done",
+            json!({"response_id": response_id, "output_index": output_index, "item": completed}),
+        );
+        self.previous_item = Some(item_id.clone());
+        self.remember(ItemRecord {
+            id: item_id,
+            audio: None,
+        });
+        self.record_call(call_id, call.name.clone());
+        self.stats.tool_calls += 1;
+        tracing::info!(session = %self.id, tool = %call.name, "function call made");
+        completed
+    }
+
+    fn record_call(&mut self, call_id: String, name: String) {
+        if self.calls.len() == MAX_CALLS {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(CallRecord {
+            call_id,
+            name,
+            output: None,
+            answered: false,
+        });
     }
 
     /// Ends the active response early: no more deltas, `response.done`
@@ -983,21 +1249,28 @@ impl Session {
             return;
         };
         self.queued = false;
+        // A function call not yet sent is not made at all.
         let heard = &r.transcript[..r.transcript_sent];
-        let item = self.assistant_item(&r.item_id, "incomplete", heard);
+        let output = if r.message {
+            json!([self.assistant_item(&r.item_id, "incomplete", heard)])
+        } else {
+            json!([])
+        };
         let usage = Self::usage(r.input_ms, r.format.micros(r.sent) / 1000, heard);
         let response = self.response_json(
             &r.id,
             "cancelled",
             json!({"type": "cancelled", "reason": reason}),
-            json!([item]),
+            output,
             usage,
         );
         self.emit("response.done", json!({ "response": response }));
-        self.remember(ItemRecord {
-            id: r.item_id,
-            audio: Some((r.format, r.sent)),
-        });
+        if r.message {
+            self.remember(ItemRecord {
+                id: r.item_id,
+                audio: Some((r.format, r.sent)),
+            });
+        }
         self.stats.cancelled += 1;
     }
 
@@ -1009,8 +1282,24 @@ impl Session {
             Some(Value::Object(item)) => item,
             Some(_) => return self.error(ApiError::invalid_type("item", "an object"), event_id),
         };
-        if !item.get("type").is_some_and(Value::is_string) {
+        let Some(kind) = item.get("type").and_then(Value::as_str) else {
             return self.error(ApiError::missing("item.type"), event_id);
+        };
+        match kind {
+            "function_call_output" => {
+                if let Err(err) = self.accept_output(item) {
+                    return self.error(err, event_id);
+                }
+            }
+            "function_call" => {
+                // A call the client adds itself (say, replaying history): its
+                // output is accepted later.
+                if let Some(call_id) = item.get("call_id").and_then(Value::as_str) {
+                    let name = item.get("name").and_then(Value::as_str).unwrap_or("");
+                    self.record_call(call_id.to_owned(), name.to_owned());
+                }
+            }
+            _ => {}
         }
         let mut item = item.clone();
         let id = match item.get("id").and_then(Value::as_str) {
@@ -1030,6 +1319,39 @@ impl Session {
             audio: None,
         });
         self.previous_item = Some(id);
+    }
+
+    /// Records a `function_call_output` item's output for its call.
+    ///
+    /// The real service rejects an output whose call is not in the
+    /// conversation (`invalid_tool_call_id`, "Tool call ID '…' not found in
+    /// conversation."); the peer accepts it, as it always has (the tests of
+    /// the peer in `tests/` rely on that), and logs a warning instead.
+    fn accept_output(&mut self, item: &Map<String, Value>) -> Result<(), ApiError> {
+        let call_id = match item.get("call_id") {
+            None => return Err(ApiError::missing("item.call_id")),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| ApiError::invalid_type("item.call_id", "a string"))?,
+        };
+        let output = match item.get("output") {
+            None => return Err(ApiError::missing("item.output")),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| ApiError::invalid_type("item.output", "a string"))?,
+        };
+        let Some(call) = self.calls.iter_mut().find(|c| c.call_id == call_id) else {
+            tracing::warn!(
+                session = %self.id,
+                call_id,
+                "function_call_output for a call not in the conversation (the real API rejects it with invalid_tool_call_id)"
+            );
+            return Ok(());
+        };
+        if !call.answered {
+            call.output = Some(output.to_owned());
+        }
+        Ok(())
     }
 
     fn on_item_truncate(&mut self, event: &Value, event_id: Option<&str>) {
@@ -1062,7 +1384,7 @@ impl Session {
         let live = self
             .active
             .as_ref()
-            .filter(|r| r.item_id == item_id)
+            .filter(|r| r.message && r.item_id == item_id)
             .map(|r| (r.format, r.sent));
         let record = self.items.iter_mut().find(|r| r.id == item_id);
         let audio = match (live, &record) {
@@ -1149,6 +1471,216 @@ mod tests {
             at = end;
         }
         assert_eq!(joined, t);
+    }
+
+    fn session(dialect: Dialect, tool_call: Option<&str>, end_call_after: Option<u32>) -> Session {
+        let options = EchoOptions {
+            tool_call: tool_call.map(|t| t.parse().expect("tool call")),
+            end_call_after,
+            ..EchoOptions::default()
+        };
+        let mut s = Session::new(dialect, &options, "echo".into(), "t".into());
+        s.out.clear();
+        s
+    }
+
+    /// Manual turns in μ-law, with function tools `tools`.
+    fn configure(s: &mut Session, tools: &[&str]) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|name| json!({"type": "function", "name": name, "parameters": {"type": "object"}}))
+            .collect();
+        let session = match s.dialect {
+            Dialect::Ga => json!({"type": "realtime", "tools": tools, "audio": {"input": {
+                "format": {"type": "audio/pcmu"}, "turn_detection": null},
+                "output": {"format": {"type": "audio/pcmu"}}}}),
+            Dialect::Beta => json!({"tools": tools, "turn_detection": null,
+                "input_audio_format": "g711_ulaw", "output_audio_format": "g711_ulaw"}),
+        };
+        let update = json!({"type": "session.update", "session": session});
+        s.on_text(&update.to_string(), Instant::now());
+        assert_eq!(types(&drain(s)), ["session.updated"]);
+    }
+
+    /// A 300 ms manual turn, committed and answered; returns the events up
+    /// to the end of the response.
+    fn turn(s: &mut Session, now: Instant) -> Vec<Value> {
+        let loud: Vec<i16> = (0..160)
+            .map(|i| if i % 8 < 4 { 8000 } else { -8000 })
+            .collect();
+        let mut frame = Vec::new();
+        g711::encode_into(&loud, &mut frame);
+        for _ in 0..15 {
+            let e = json!({"type": "input_audio_buffer.append", "audio": BASE64.encode(&frame)});
+            s.on_text(&e.to_string(), now);
+        }
+        s.on_text(r#"{"type":"input_audio_buffer.commit"}"#, now);
+        s.on_text(r#"{"type":"response.create"}"#, now);
+        s.on_tick(now + Duration::from_secs(60));
+        drain(s)
+    }
+
+    fn drain(s: &mut Session) -> Vec<Value> {
+        s.out
+            .drain(..)
+            .map(|t| serde_json::from_str(&t).expect("valid JSON"))
+            .collect()
+    }
+
+    fn types(events: &[Value]) -> Vec<&str> {
+        events.iter().filter_map(|e| e["type"].as_str()).collect()
+    }
+
+    /// The events of the last response, from `response.created`, with
+    /// consecutive deltas of one kind collapsed into one.
+    fn response_shape(events: &[Value]) -> Vec<&str> {
+        let kinds = types(events);
+        let from = kinds
+            .iter()
+            .rposition(|k| *k == "response.created")
+            .expect("response.created");
+        let mut shape: Vec<&str> = Vec::new();
+        for kind in &kinds[from..] {
+            if !(kind.ends_with(".delta") && shape.last() == Some(kind)) {
+                shape.push(kind);
+            }
+        }
+        shape
+    }
+
+    #[test]
+    fn first_turn_is_answered_by_the_scripted_call() {
+        for dialect in [Dialect::Ga, Dialect::Beta] {
+            let mut s = session(
+                dialect,
+                Some(r#"lookup_order:{"order_id":"12345678"}"#),
+                None,
+            );
+            configure(&mut s, &["lookup_order"]);
+            let events = turn(&mut s, Instant::now());
+            assert_eq!(
+                response_shape(&events),
+                [
+                    "response.created",
+                    "response.output_item.added",
+                    "response.function_call_arguments.delta",
+                    "response.function_call_arguments.done",
+                    "response.output_item.done",
+                    "response.done"
+                ],
+                "{dialect}"
+            );
+            let deltas = events
+                .iter()
+                .filter(|e| e["type"] == "response.function_call_arguments.delta")
+                .count();
+            assert!(deltas >= 2, "{deltas} argument deltas");
+            let done = events
+                .iter()
+                .find(|e| e["type"] == "response.function_call_arguments.done")
+                .unwrap();
+            assert_eq!(done["arguments"], r#"{"order_id":"12345678"}"#);
+            // `name` is a GA field of `.done`; beta has it on the item only.
+            assert_eq!(done["name"].is_string(), dialect == Dialect::Ga, "{done}");
+            let response = &events.last().unwrap()["response"];
+            assert_eq!(response["status"], "completed");
+            assert_eq!(response["output"][0]["type"], "function_call");
+            assert_eq!(response["output"][0]["call_id"], done["call_id"]);
+            assert!(response["usage"]["total_tokens"].as_u64().is_some());
+            assert_eq!(s.stats.tool_calls, 1);
+            // Once only: the next turn is echoed.
+            let events = turn(&mut s, Instant::now());
+            assert!(types(&events).contains(&"response.content_part.added"));
+            assert!(!types(&events).contains(&"response.function_call_arguments.done"));
+        }
+    }
+
+    #[test]
+    fn cancelled_goodbye_makes_no_call_and_the_next_turn_retries() {
+        let mut s = session(Dialect::Ga, None, Some(1));
+        configure(&mut s, &["end_call"]);
+        let t0 = Instant::now();
+        let loud = BASE64.encode([0x10u8; 160]);
+        for _ in 0..15 {
+            let e = json!({"type": "input_audio_buffer.append", "audio": loud});
+            s.on_text(&e.to_string(), t0);
+        }
+        s.on_text(r#"{"type":"input_audio_buffer.commit"}"#, t0);
+        s.on_text(r#"{"type":"response.create"}"#, t0);
+        s.on_tick(t0);
+        s.on_text(r#"{"type":"response.cancel"}"#, t0);
+        let events = drain(&mut s);
+        assert!(!types(&events).contains(&"response.function_call_arguments.done"));
+        let done = events.last().unwrap();
+        assert_eq!(done["response"]["status"], "cancelled");
+        assert_eq!(done["response"]["output"][0]["type"], "message");
+        assert_eq!(s.stats.tool_calls, 0);
+
+        let events = turn(&mut s, t0);
+        let output = &events.last().unwrap()["response"]["output"];
+        assert_eq!(output[0]["content"][0]["transcript"], GOODBYE);
+        assert_eq!(output[1]["name"], "end_call");
+        assert_eq!(output[1]["arguments"], r#"{"reason":"the caller is done"}"#);
+    }
+
+    #[test]
+    fn outputs_are_acked_and_spoken_once() {
+        let mut s = session(Dialect::Ga, Some("ping"), None);
+        configure(&mut s, &["ping"]);
+        let t0 = Instant::now();
+        let events = turn(&mut s, t0);
+        let done = events.last().unwrap();
+        let call_id = done["response"]["output"][0]["call_id"].as_str().unwrap();
+        let output = json!({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": call_id, "output": "pong"}});
+        s.on_text(&output.to_string(), t0);
+        // An output for an unknown call is acked too (logged as a warning).
+        let stray = json!({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": "call_nope", "output": "{}"}});
+        s.on_text(&stray.to_string(), t0);
+        // A missing output is a client error.
+        let bad = json!({"type": "conversation.item.create", "event_id": "cb_bad", "item": {
+            "type": "function_call_output", "call_id": call_id}});
+        s.on_text(&bad.to_string(), t0);
+        let events = drain(&mut s);
+        assert_eq!(
+            types(&events),
+            [
+                "conversation.item.added",
+                "conversation.item.done",
+                "conversation.item.added",
+                "conversation.item.done",
+                "error"
+            ]
+        );
+        assert_eq!(events[4]["error"]["param"], "item.output");
+        s.on_text(r#"{"type":"response.create"}"#, t0);
+        s.on_tick(t0 + Duration::from_secs(60));
+        let events = drain(&mut s);
+        let done = events.last().unwrap();
+        let transcript = &done["response"]["output"][0]["content"][0]["transcript"];
+        assert_eq!(transcript, "(answer from ping: pong)");
+        // Spoken once: the next response echoes.
+        s.on_text(r#"{"type":"response.create"}"#, t0);
+        s.on_tick(t0 + Duration::from_secs(60));
+        let events = drain(&mut s);
+        let transcript = events.last().unwrap()["response"]["output"][0]["content"][0]
+            ["transcript"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(transcript.starts_with("(echo of "), "{transcript}");
+    }
+
+    #[test]
+    fn argument_chunks_concatenate_on_char_boundaries() {
+        let args = r#"{"reason":"the caller is done","café":"ü"}"#;
+        let chunks = argument_chunks(args, 12);
+        assert!(chunks.len() > 2, "{chunks:?}");
+        assert_eq!(chunks.concat(), args);
+        assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= 13));
+        assert_eq!(argument_chunks("{}", 12), ["{}"]);
+        assert!(argument_chunks("", 12).is_empty());
     }
 
     #[test]

@@ -84,6 +84,20 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Whether the model may call the function `name`: a `function` tool of
+    /// that name is declared in `tools` (the same key in both dialects) and
+    /// `tool_choice` is not `"none"`.
+    pub(crate) fn may_call(&self, name: &str) -> bool {
+        let declared = self.tools.as_array().is_some_and(|tools| {
+            tools
+                .iter()
+                .any(|t| t["type"] == "function" && t["name"] == name)
+        });
+        declared && self.tool_choice != "none"
+    }
+}
+
 /// Session keys only the beta dialect has; a GA server rejects them.
 const BETA_ONLY: [&str; 7] = [
     "modalities",
@@ -359,6 +373,29 @@ mod tests {
         assert_eq!(err.param.as_deref(), Some("session.input_audio_format"));
         let err = ga_update(json!({"audio": {}})).expect_err("no type");
         assert_eq!(err.code, "missing_required_parameter");
+    }
+
+    #[test]
+    fn only_declared_functions_may_be_called() {
+        let cfg = ga_update(json!({"type": "realtime", "tools": [
+            {"type": "function", "name": "end_call", "parameters": {"type": "object"}},
+            {"type": "mcp", "name": "lookup_order"}]}))
+        .expect("valid update");
+        assert!(cfg.may_call("end_call"));
+        assert!(!cfg.may_call("lookup_order"), "not a function tool");
+        assert!(!cfg.may_call("transfer_call"));
+        assert!(!Config::default().may_call("end_call"));
+        let none = ga_update(json!({"type": "realtime", "tool_choice": "none",
+            "tools": [{"type": "function", "name": "end_call"}]}))
+        .expect("valid update");
+        assert!(!none.may_call("end_call"));
+        let beta = parse_session_update(
+            Dialect::Beta,
+            Some(&json!({"tools": [{"type": "function", "name": "end_call"}]})),
+            &Config::default(),
+        )
+        .expect("valid beta update");
+        assert!(beta.may_call("end_call"));
     }
 
     #[test]
