@@ -295,6 +295,7 @@ pub struct Metrics {
     pub tokens_input: Counter,
     pub tokens_output: Counter,
     pub model_seconds: Counter<f64, AtomicU64>,
+    pub dtmf_digits: Counter,
     tool_calls: Family<LabelsOwned, Counter>,
     tool_duration: Family<LabelsOwned, AtomicHistogram, HistCtor>,
     errors_total: Family<Labels1, Counter>,
@@ -420,6 +421,12 @@ impl Metrics {
             "Model session time billed by the second (GPT-Live), as reported by the model",
             model_seconds.clone(),
         );
+        let dtmf_digits = Counter::default();
+        r.register(
+            "dtmf_digits",
+            "Keypad digits received (counted only: they may be PINs)",
+            dtmf_digits.clone(),
+        );
         let tool_calls = Family::<LabelsOwned, Counter>::default();
         r.register(
             "tool_calls",
@@ -513,6 +520,7 @@ impl Metrics {
             tokens_input,
             tokens_output,
             model_seconds,
+            dtmf_digits,
             tool_calls,
             tool_duration,
             errors_total,

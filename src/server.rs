@@ -8,6 +8,7 @@
 //! `/readyz` turns 503, live calls run on for up to `drain_timeout`, and
 //! only then are they closed.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,13 +29,15 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::call::bridge::{self, CallParams, Model};
+use crate::call::control::CallControl;
 use crate::call::handshake::{await_start, HandshakeError};
 use crate::call::http_tools::HttpTools;
-use crate::call::tools::{NoTools, ToolRunner};
+use crate::call::tools::{CallContext, NoTools, ToolRunner};
 use crate::call::{close_code, WsIn, WsOut};
 use crate::config::redact_query;
-use crate::config::{Config, ConfigError, Secrets};
+use crate::config::{Config, ConfigError, Profile, Secrets, DEFAULT_PROFILE};
 use crate::metrics::{Metrics, Outcome};
+use crate::twilio::rest::TwilioRest;
 use crate::twilio::token::StreamTokens;
 use crate::twilio::{signature, twiml};
 use crate::upstream::client::{ConnectError, ModelEndpoint};
@@ -58,6 +61,8 @@ pub enum ServeError {
     MissingApiKey(String),
     #[error(transparent)]
     Realtime(#[from] ConnectError),
+    #[error("Twilio REST client: {0}")]
+    TwilioRest(#[from] crate::twilio::rest::RestError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -66,7 +71,10 @@ struct Shared {
     config: Config,
     public: Url,
     endpoint: ModelEndpoint,
-    tools: Arc<dyn ToolRunner>,
+    /// Every assistant profile, by name (`default` is `[agent]`).
+    assistants: HashMap<String, Assistant>,
+    /// Twilio's REST API, where credentials are configured.
+    rest: Option<TwilioRest>,
     auth_tokens: Vec<String>,
     stream_tokens: StreamTokens,
     metrics: Metrics,
@@ -75,6 +83,14 @@ struct Shared {
     tracker: TaskTracker,
     /// Fired when the drain deadline passes: live calls close.
     close_calls: CancellationToken,
+}
+
+/// One assistant profile, ready for calls: its settings, what runs its
+/// tools, and its call control.
+struct Assistant {
+    profile: Profile,
+    tools: Arc<dyn ToolRunner>,
+    control: Arc<CallControl>,
 }
 
 /// A configured server, ready to run on a listener.
@@ -86,22 +102,28 @@ pub struct Server {
 impl Server {
     /// Checks everything that would make a call fail later: `public_url`,
     /// the API key for OpenAI's own endpoints, the Twilio auth token.
-    /// The model's function calls go to the HTTP tools of `agent.tools`.
+    /// Each profile's function calls go to its HTTP tools (`agent.tools`,
+    /// `agents.<name>.tools`).
     pub fn new(config: Config, secrets: Secrets, metrics: Metrics) -> Result<Server, ServeError> {
-        let tools: Arc<dyn ToolRunner> = if config.agent.tools.is_empty() {
-            Arc::new(NoTools)
-        } else {
-            Arc::new(HttpTools::new(&config.agent.tools)?)
-        };
-        Self::with_tools(config, secrets, metrics, tools)
+        Self::build(config, secrets, metrics, None)
     }
 
-    /// Like [`Server::new`], with `tools` running the model's function calls.
+    /// Like [`Server::new`], with `tools` running every profile's function
+    /// calls (tests, embedders).
     pub fn with_tools(
         config: Config,
         secrets: Secrets,
         metrics: Metrics,
         tools: Arc<dyn ToolRunner>,
+    ) -> Result<Server, ServeError> {
+        Self::build(config, secrets, metrics, Some(tools))
+    }
+
+    fn build(
+        config: Config,
+        secrets: Secrets,
+        metrics: Metrics,
+        tools: Option<Arc<dyn ToolRunner>>,
     ) -> Result<Server, ServeError> {
         // Configs built in code (tests, the demo) get the same checks as loaded ones.
         config.validate()?;
@@ -151,13 +173,40 @@ impl Server {
             secrets.openai_api_key.clone(),
             Duration::from_secs(config.realtime.connect_timeout),
         )?;
+        let mut assistants = HashMap::new();
+        for profile in config.profiles() {
+            let key = if profile.name == DEFAULT_PROFILE {
+                "agent".to_owned()
+            } else {
+                format!("agents.{}", profile.name)
+            };
+            let runner: Arc<dyn ToolRunner> = match (&tools, profile.agent.tools.is_empty()) {
+                (Some(injected), _) => injected.clone(),
+                (None, true) => Arc::new(NoTools),
+                (None, false) => Arc::new(HttpTools::new(&profile.agent.tools)?),
+            };
+            let control = CallControl::from_config(
+                &profile.agent.call_control,
+                &format!("{key}.call_control"),
+            )?;
+            assistants.insert(
+                profile.name.clone(),
+                Assistant {
+                    profile,
+                    tools: runner,
+                    control: Arc::new(control),
+                },
+            );
+        }
+        let rest = TwilioRest::from_config(&config, &secrets, metrics.clone())?;
         metrics.calls_max.set(config.max_calls as i64);
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
                 public,
                 endpoint,
-                tools,
+                assistants,
+                rest,
                 auth_tokens,
                 stream_tokens,
                 metrics,
@@ -327,18 +376,26 @@ async fn voice(
         );
         return twiml_response(twiml::busy());
     }
-    let token = shared.stream_tokens.issue(call_sid, now_unix());
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let (from, to) = (param("From"), param("To"));
+    let profile = shared.config.profile_name_for(to);
+    let token = shared.stream_tokens.issue(call_sid, profile, now_unix());
     let mut stream_url = shared.public.clone();
     let _ = stream_url.set_scheme(shared.ws_scheme());
     stream_url.set_path("/media");
     let mut status_url = shared.public.clone();
     status_url.set_path("/stream-status");
     let fallback = Some(shared.config.twilio.fallback_say.as_str()).filter(|s| !s.is_empty());
-    tracing::info!(call_sid, "incoming call");
-    twiml_response(twiml::connect_stream(
+    tracing::info!(call_sid, profile, "incoming call");
+    twiml_response(twiml::connect_stream_with(
         stream_url.as_str(),
         status_url.as_str(),
-        &token,
+        &[("token", &token), ("from", from), ("to", to)],
         fallback,
     ))
 }
@@ -524,7 +581,24 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         }
     };
     let call_sid = start.call_sid.clone();
-    tracing::info!(call_sid = %call_sid, stream_sid = %start.stream_sid, "stream started");
+    let profile_name = if start.profile.is_empty() {
+        DEFAULT_PROFILE
+    } else {
+        start.profile.as_str()
+    };
+    // A token names a profile this server does not have: refused like a bad
+    // token (a config mismatch between replicas, or a forgery).
+    let Some(assistant) = shared.assistants.get(profile_name) else {
+        m.error("unknown_profile");
+        tracing::warn!(call_sid = %call_sid, "media stream refused: the token names an unknown profile");
+        let _ = twilio_tx
+            .send(WsOut::Close(close_code::POLICY, "stream refused"))
+            .await;
+        m.call_ended(Outcome::Unauthorized);
+        drop(slot);
+        return;
+    };
+    tracing::info!(call_sid = %call_sid, stream_sid = %start.stream_sid, profile = profile_name, "stream started");
 
     let connect_started = tokio::time::Instant::now();
     let (model_tx, model_rx) = match shared.endpoint.connect().await {
@@ -543,22 +617,39 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         .observe_duration(connect_started.elapsed());
 
     let cfg = &shared.config;
+    let agent = &assistant.profile.agent;
     let params = CallParams {
-        call_sid: call_sid.clone(),
-        stream_sid: start.stream_sid.clone(),
-        mode: cfg.audio.mode,
+        context: CallContext {
+            call_sid: call_sid.clone(),
+            stream_sid: start.stream_sid.clone(),
+            from: start.param("from").to_owned(),
+            to: start.param("to").to_owned(),
+            profile: profile_name.to_owned(),
+        },
+        account_sid: start.account_sid.clone(),
+        mode: assistant.profile.audio_mode,
         playout_lead: cfg.playout_lead(),
-        greeting: cfg.agent.greeting.clone(),
+        greeting: agent.greeting.clone(),
+        dtmf: agent.dtmf,
+        dtmf_timeout: Duration::from_millis(agent.dtmf_timeout_ms),
+        control: assistant.control.clone(),
+        rest: shared.rest.clone(),
     };
+    let declared: Vec<_> = assistant
+        .tools
+        .specs()
+        .into_iter()
+        .chain(assistant.control.specs())
+        .collect();
     let model = Model {
-        driver: driver_for(SessionSpec::from_config(cfg, shared.tools.specs())),
+        driver: driver_for(SessionSpec::for_profile(cfg, &assistant.profile, declared)),
         tx: model_tx,
         rx: model_rx,
     };
     let summary = bridge::run(
         params,
         m.clone(),
-        shared.tools.clone(),
+        assistant.tools.clone(),
         twilio_tx,
         twilio_rx,
         model,

@@ -16,12 +16,16 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::control::{Action, CallControl};
 use super::playout::{MarkEcho, Playout};
-use super::tools::{CallContext, ToolFuture, ToolOutcome, ToolRunner};
+use super::tools::{CallContext, ToolAnswer, ToolFuture, ToolOutcome, ToolRunner};
 use super::{close_code, WsIn, WsOut};
 use crate::audio::{AudioMode, InboundTranscoder, OutboundTranscoder};
+use crate::config::DtmfMode;
 use crate::metrics::{Metrics, Outcome, Reject, Source};
 use crate::twilio::messages::{self, parse_inbound, Inbound, MessageError};
+use crate::twilio::rest::{HangUp, TwilioRest};
+use crate::twilio::twiml;
 use crate::upstream::{Driver, Heard, ModelEvent, Role, TalkOver, ToolCall, ToolOutput, Turn};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -38,16 +42,64 @@ const BAD_FRAME_REFILL_PER_SEC: f64 = 2.0;
 /// After the caller hangs up, how long to wait for the model to confirm the
 /// end of the session (and report its final usage).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// After the model's last sentence before a hang-up or transfer: this much
+/// silence from the model means the sentence is over.
+const LAST_WORDS_QUIET: Duration = Duration::from_millis(1000);
+/// Keys a phone can send; anything else in a `dtmf` event is ignored.
+const DTMF_KEYS: &str = "0123456789*#ABCD";
+/// The longest key sequence kept before it is handed over anyway.
+const MAX_DTMF_KEYS: usize = 32;
 
 /// Everything the bridge needs to know about the call.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallParams {
-    pub call_sid: String,
-    pub stream_sid: String,
+    /// Who the call is, for tools and logs (call and stream SIDs, numbers,
+    /// the assistant profile).
+    pub context: CallContext,
+    /// The Twilio account the call belongs to (`start.accountSid`), for REST.
+    pub account_sid: String,
     pub mode: AudioMode,
     pub playout_lead: Duration,
     /// An instruction for the model's first words; empty: wait for the caller.
     pub greeting: String,
+    pub dtmf: DtmfMode,
+    /// Silence that ends a key sequence.
+    pub dtmf_timeout: Duration,
+    /// The built-in `end_call` and `transfer_call` of this call's profile.
+    pub control: Arc<CallControl>,
+    /// Twilio's REST API, where credentials are configured.
+    pub rest: Option<TwilioRest>,
+}
+
+impl CallParams {
+    /// A call with defaults for everything but its identity (tests, tools).
+    pub fn new(call_sid: &str, stream_sid: &str, mode: AudioMode) -> CallParams {
+        CallParams {
+            context: CallContext {
+                call_sid: call_sid.to_owned(),
+                stream_sid: stream_sid.to_owned(),
+                profile: crate::config::DEFAULT_PROFILE.to_owned(),
+                ..CallContext::default()
+            },
+            account_sid: String::new(),
+            mode,
+            playout_lead: Duration::from_millis(200),
+            greeting: String::new(),
+            dtmf: DtmfMode::Model,
+            dtmf_timeout: Duration::from_millis(1500),
+            control: Arc::new(CallControl::default()),
+            rest: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for CallParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallParams")
+            .field("context", &self.context)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What happened, for the end-of-call log line and metrics.
@@ -155,6 +207,17 @@ struct Finished {
     took: Duration,
 }
 
+/// A hang-up or transfer in progress.
+struct Ending {
+    action: Action,
+    /// Set once the model was answered (it then says its last sentence).
+    answered_at: Option<Instant>,
+    /// The last answer audio after that.
+    last_audio: Option<Instant>,
+    /// Whatever happens, act by then.
+    deadline: Option<Instant>,
+}
+
 /// The calls of one answer: the model is answered once all have outputs.
 struct Batch {
     id: u64,
@@ -167,8 +230,16 @@ struct Bridge<TS, MS> {
     p: CallParams,
     m: Metrics,
     tools: Arc<dyn ToolRunner>,
-    ctx: CallContext,
+    /// Tool names declared to the model: the metric label for any other is
+    /// `unknown`, so a model cannot grow the label set.
+    known_tools: Vec<String>,
     driver: Box<dyn Driver>,
+    /// A hang-up or transfer the model asked for, waiting for its last
+    /// sentence to be heard.
+    ending: Option<Ending>,
+    /// Keypad digits of the sequence being typed, and when it times out.
+    dtmf_keys: String,
+    dtmf_due: Option<Instant>,
     twilio_tx: TS,
     model_tx: MS,
     /// Client events the driver produced, sent in order (the Vec is reused).
@@ -222,13 +293,12 @@ where
             inbound: InboundTranscoder::new(p.mode),
             outbound: OutboundTranscoder::new(p.mode),
             playout: Playout::new(p.playout_lead),
-            ctx: CallContext {
-                call_sid: p.call_sid.clone(),
-                stream_sid: p.stream_sid.clone(),
-                from: String::new(),
-                to: String::new(),
-                profile: "default".into(),
-            },
+            known_tools: tools
+                .specs()
+                .into_iter()
+                .chain(p.control.specs())
+                .map(|t| t.name)
+                .collect(),
             p,
             m,
             tools,
@@ -236,6 +306,9 @@ where
             twilio_tx,
             model_tx,
             outbox: Vec::with_capacity(4),
+            ending: None,
+            dtmf_keys: String::new(),
+            dtmf_due: None,
             running: FuturesUnordered::new(),
             batches: Vec::new(),
             next_batch: 0,
@@ -282,6 +355,7 @@ where
         }
         loop {
             let wake = self.playout.next_send_at(Instant::now());
+            let timer = self.next_timer();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End(Outcome::Drained, None)),
@@ -306,6 +380,7 @@ where
                 Some(done) = self.running.next(), if !self.running.is_empty() => {
                     self.tool_finished(done).await
                 }
+                _ = sleep_until_opt(timer) => self.on_timer().await,
             };
             if let Err(e) = step {
                 return e;
@@ -404,7 +479,7 @@ where
             }
         };
         if tokio::time::timeout(CLOSE_WAIT, wait).await.is_err() {
-            tracing::debug!(call_sid = %self.p.call_sid, "the model did not confirm the end of the session");
+            tracing::debug!(call_sid = %self.p.context.call_sid, "the model did not confirm the end of the session");
         }
     }
 
@@ -417,26 +492,32 @@ where
     }
 
     /// Starts every call of one finished answer; they run beside the relay.
+    /// Built-in call control is answered at once and arms the hang-up or
+    /// transfer, which waits for the model's last sentence to be heard.
     fn start_tools(&mut self, calls: Vec<ToolCall>) {
         let id = self.next_batch;
         self.next_batch += 1;
-        self.batches.push(Batch {
-            id,
-            pending: calls.iter().map(|c| c.name.clone()).collect(),
-            outputs: Vec::with_capacity(calls.len()),
-        });
+        let mut pending = Vec::with_capacity(calls.len());
         for call in calls {
             self.tool_calls += 1;
-            tracing::info!(call_sid = %self.p.call_sid, tool = %call.name, "tool call");
-            let name = call.name.clone();
+            let label = if self.known_tools.contains(&call.name) {
+                call.name.clone()
+            } else {
+                "unknown".to_owned()
+            };
+            tracing::info!(call_sid = %self.p.context.call_sid, tool = %label, "tool call");
+            pending.push(label.clone());
             let call_id = call.call_id.clone();
             let started = Instant::now();
-            let future: ToolFuture = self.tools.run(call, &self.ctx);
+            let future: ToolFuture = match self.p.control.action(&call) {
+                Some(action) => Box::pin(std::future::ready(self.arm(action))),
+                None => self.tools.run(call, &self.p.context),
+            };
             self.running.push(Box::pin(async move {
                 let answer = future.await;
                 Finished {
                     batch: id,
-                    name,
+                    name: label,
                     output: ToolOutput {
                         call_id,
                         output: answer.output,
@@ -446,13 +527,51 @@ where
                 }
             }));
         }
+        self.batches.push(Batch {
+            id,
+            pending,
+            outputs: Vec::new(),
+        });
+    }
+
+    /// The model asked to hang up or transfer: what it is told, and the
+    /// ending armed (or why not).
+    fn arm(&mut self, action: Result<Action, String>) -> ToolAnswer {
+        let action = match action {
+            Ok(action) => action,
+            Err(why) => return ToolAnswer::error(ToolOutcome::Error, &why),
+        };
+        if matches!(action, Action::Transfer { .. }) && self.p.rest.is_none() {
+            return ToolAnswer::error(
+                ToolOutcome::Error,
+                "transfers are not available: Twilio's REST API has no credentials configured",
+            );
+        }
+        if self.ending.is_some() {
+            return ToolAnswer::error(
+                ToolOutcome::Error,
+                "the call is already ending or being transferred",
+            );
+        }
+        let note = match &action {
+            Action::Hangup => "The call will end once your goodbye has been heard. Say a brief goodbye now.",
+            Action::Transfer { .. } => "The caller will be transferred once they have heard you. Tell them briefly that you are connecting them now.",
+        };
+        tracing::info!(call_sid = %self.p.context.call_sid, action = ?action, "call control requested");
+        self.ending = Some(Ending {
+            action,
+            answered_at: None,
+            last_audio: None,
+            deadline: None,
+        });
+        ToolAnswer::ok(serde_json::json!({ "ok": true, "note": note }).to_string())
     }
 
     /// One tool call finished; a complete batch is answered at once.
     async fn tool_finished(&mut self, done: Finished) -> Step {
         self.m
             .tool_call(&done.name, done.outcome.as_str(), done.took);
-        tracing::info!(call_sid = %self.p.call_sid, tool = %done.name, outcome = done.outcome.as_str(), took_ms = done.took.as_millis() as u64, "tool call finished");
+        tracing::info!(call_sid = %self.p.context.call_sid, tool = %done.name, outcome = done.outcome.as_str(), took_ms = done.took.as_millis() as u64, "tool call finished");
         let Some(pos) = self.batches.iter().position(|b| b.id == done.batch) else {
             return Ok(());
         };
@@ -466,6 +585,136 @@ where
         }
         let batch = self.batches.remove(pos);
         self.driver.tool_outputs(&batch.outputs, &mut self.outbox);
+        // The model now says its last sentence: the ending's clock starts.
+        if let Some(ending) = self.ending.as_mut().filter(|e| e.answered_at.is_none()) {
+            let now = Instant::now();
+            ending.answered_at = Some(now);
+            ending.deadline = Some(now + self.p.control.timeout());
+        }
+        self.flush_outbox().await
+    }
+
+    /// When the loop must wake for a timer of its own: a key sequence
+    /// timing out, or an ending to check.
+    fn next_timer(&self) -> Option<Instant> {
+        let ending = self.ending.as_ref().and_then(|e| {
+            let quiet = e.last_audio.map(|at| at + LAST_WORDS_QUIET);
+            match (quiet, e.deadline) {
+                (Some(q), Some(d)) => Some(q.min(d)),
+                (q, d) => q.or(d),
+            }
+        });
+        match (self.dtmf_due, ending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn on_timer(&mut self) -> Step {
+        let now = Instant::now();
+        if self.dtmf_due.is_some_and(|due| due <= now) {
+            self.flush_dtmf().await?;
+        }
+        self.check_ending(now).await
+    }
+
+    /// Acts on an armed ending once its last sentence was heard: the model
+    /// spoke after being answered, fell quiet, and Twilio played it all
+    /// (every mark echoed); or the deadline passed.
+    async fn check_ending(&mut self, now: Instant) -> Step {
+        let Some(ending) = &self.ending else {
+            return Ok(());
+        };
+        let heard = ending
+            .last_audio
+            .is_some_and(|at| now >= at + LAST_WORDS_QUIET)
+            && !self.playout.is_playing(now);
+        let late = ending.deadline.is_some_and(|d| now >= d);
+        if !(heard || late) {
+            return Ok(());
+        }
+        let Some(ending) = self.ending.take() else {
+            return Ok(());
+        };
+        if late && !heard {
+            tracing::info!(call_sid = %self.p.context.call_sid, "the last sentence did not finish in time; acting anyway");
+        }
+        let ctx = &self.p.context;
+        match ending.action {
+            Action::Hangup => {
+                if let Some(rest) = &self.p.rest {
+                    match rest.hang_up(&self.p.account_sid, &ctx.call_sid).await {
+                        Ok(HangUp::Completed) | Ok(HangUp::AlreadyEnded) => {}
+                        Err(e) => {
+                            // Closing the stream still ends the call: the
+                            // TwiML after </Connect> runs, then Twilio hangs up.
+                            tracing::warn!(call_sid = %ctx.call_sid, error = %e, "REST hang-up failed; closing the stream");
+                        }
+                    }
+                }
+                Err(end(Outcome::Completed, "ended by the assistant"))
+            }
+            Action::Transfer { name, target } => {
+                let Some(rest) = &self.p.rest else {
+                    return Ok(());
+                };
+                match rest
+                    .redirect(&self.p.account_sid, &ctx.call_sid, &twiml::dial(&target))
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(call_sid = %ctx.call_sid, target = %name, "transferred");
+                        Err(end(Outcome::Completed, format!("transferred to {name}")))
+                    }
+                    Err(e) => {
+                        tracing::warn!(call_sid = %ctx.call_sid, target = %name, error = %e, "transfer failed");
+                        self.m.error("transfer_failed");
+                        let text = format!(
+                            "The transfer to {name} failed ({e}). Tell the caller, and offer to help another way."
+                        );
+                        self.driver.speak(&text, &mut self.outbox);
+                        self.flush_outbox().await
+                    }
+                }
+            }
+        }
+    }
+
+    /// A keypad digit: collected into one entry per key sequence, ended by
+    /// `#` or by `dtmf_timeout` of silence. Digits can be PINs and card
+    /// numbers: they are counted, never logged.
+    async fn on_dtmf(&mut self, digit: &str) -> Step {
+        self.m.dtmf_digits.inc();
+        if self.p.dtmf == DtmfMode::Ignore {
+            return Ok(());
+        }
+        let Some(key) = digit
+            .chars()
+            .next()
+            .filter(|c| digit.len() == 1 && DTMF_KEYS.contains(*c))
+        else {
+            return self.bad_twilio(Reject::Malformed);
+        };
+        self.dtmf_keys.push(key);
+        if key == '#' || self.dtmf_keys.len() >= MAX_DTMF_KEYS {
+            return self.flush_dtmf().await;
+        }
+        self.dtmf_due = Some(Instant::now() + self.p.dtmf_timeout);
+        Ok(())
+    }
+
+    /// Hands the key sequence to the model as something the caller did.
+    async fn flush_dtmf(&mut self) -> Step {
+        self.dtmf_due = None;
+        if self.dtmf_keys.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::from("The caller pressed on the keypad:");
+        for key in self.dtmf_keys.drain(..) {
+            text.push(' ');
+            text.push(key);
+        }
+        self.driver.user_text(&text, &mut self.outbox);
         self.flush_outbox().await
     }
 
@@ -492,7 +741,7 @@ where
             }
         }
         // The words themselves never reach the logs: they are the caller's.
-        tracing::debug!(call_sid = %self.p.call_sid, role = ?role, bytes = text.len(), "transcript");
+        tracing::debug!(call_sid = %self.p.context.call_sid, role = ?role, bytes = text.len(), "transcript");
     }
 
     /// Counts a bad frame from Twilio; a burst of them ends the call.
@@ -561,14 +810,14 @@ where
                 if let MarkEcho::Foreign = self.playout.on_mark(&mark.name) {
                     tracing::debug!(name = %mark.name, "mark that is not ours");
                 }
+                if self.ending.is_some() {
+                    self.check_ending(Instant::now()).await?;
+                }
             }
             Inbound::Stop { .. } => return Err(End(Outcome::Completed, None)),
-            Inbound::Dtmf { .. } => {
-                // Digits may be PINs or card numbers: never logged.
-                tracing::debug!(call_sid = %self.p.call_sid, "dtmf");
-            }
+            Inbound::Dtmf { dtmf, .. } => self.on_dtmf(&dtmf.digit).await?,
             Inbound::Connected { .. } | Inbound::Start { .. } => {
-                tracing::debug!(call_sid = %self.p.call_sid, "repeated connected/start ignored");
+                tracing::debug!(call_sid = %self.p.context.call_sid, "repeated connected/start ignored");
             }
         }
         Ok(())
@@ -580,7 +829,7 @@ where
             Ok(event) => event,
             Err(e) => {
                 self.m.rejected.inc(Source::Model, Reject::Malformed);
-                tracing::warn!(call_sid = %self.p.call_sid, error = %e, "malformed event from the model");
+                tracing::warn!(call_sid = %self.p.context.call_sid, error = %e, "malformed event from the model");
                 return Ok(());
             }
         };
@@ -604,6 +853,9 @@ where
                         self.m.rejected.inc(Source::Model, Reject::BadAudio);
                         return Ok(());
                     }
+                }
+                if let Some(ending) = self.ending.as_mut().filter(|e| e.answered_at.is_some()) {
+                    ending.last_audio = Some(received);
                 }
                 self.pump().await?;
                 self.m.relay_out.observe_duration(received.elapsed());
@@ -636,7 +888,7 @@ where
                 self.count_usage(usage);
                 if failed {
                     self.m.error("response_failed");
-                    tracing::warn!(call_sid = %self.p.call_sid, "the model's answer failed");
+                    tracing::warn!(call_sid = %self.p.context.call_sid, "the model's answer failed");
                 }
                 if !tool_calls.is_empty() {
                     self.start_tools(tool_calls);
@@ -648,11 +900,11 @@ where
             ModelEvent::Usage(usage) => self.count_usage(usage),
             ModelEvent::Error { code, message } => {
                 self.m.error("model_error");
-                tracing::warn!(call_sid = %self.p.call_sid, code = %code, message = %message, "model error");
+                tracing::warn!(call_sid = %self.p.context.call_sid, code = %code, message = %message, "model error");
             }
             ModelEvent::Fatal { code, message } => {
                 self.m.error("model_fatal");
-                tracing::error!(call_sid = %self.p.call_sid, code = %code, message = %message, "fatal model error");
+                tracing::error!(call_sid = %self.p.context.call_sid, code = %code, message = %message, "fatal model error");
                 return Err(end(
                     Outcome::UpstreamFailed,
                     format!("model error {code}: {message}"),
@@ -678,7 +930,7 @@ where
         self.m.bargeins.inc();
         if playing {
             let mut msg = String::with_capacity(64);
-            messages::write_clear(&mut msg, &self.p.stream_sid);
+            messages::write_clear(&mut msg, &self.p.context.stream_sid);
             self.send_twilio(msg).await?;
             self.m.bargein_latency.observe_duration(received.elapsed());
         }
@@ -691,7 +943,7 @@ where
         match &truncation {
             Some(t) if t.audio_end_ms > 0 => {
                 self.m.truncations_sent.inc();
-                tracing::debug!(call_sid = %self.p.call_sid, item_id = %t.item_id, audio_end_ms = t.audio_end_ms, acked_ms = t.acked_ms, sent_ms = t.sent_ms, "truncate");
+                tracing::debug!(call_sid = %self.p.context.call_sid, item_id = %t.item_id, audio_end_ms = t.audio_end_ms, acked_ms = t.acked_ms, sent_ms = t.sent_ms, "truncate");
             }
             _ => {
                 self.m.truncations_skipped.inc();
@@ -720,11 +972,11 @@ where
                     self.b64.clear();
                     B64.encode_string(piece, &mut self.b64);
                     let mut media = String::with_capacity(self.b64.len() + 96);
-                    messages::write_media(&mut media, &self.p.stream_sid, &self.b64);
+                    messages::write_media(&mut media, &self.p.context.stream_sid, &self.b64);
                     self.frames_pending.push(media);
                 }
                 let mut mark = String::with_capacity(128);
-                messages::write_mark(&mut mark, &self.p.stream_sid, chunk.mark);
+                messages::write_mark(&mut mark, &self.p.context.stream_sid, chunk.mark);
                 (mark, chunk.lead)
             };
             let mut frames = std::mem::take(&mut self.frames_pending);

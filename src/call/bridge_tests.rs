@@ -45,11 +45,9 @@ fn start_with(config: &Config, tools: Arc<dyn ToolRunner>) -> Harness {
     let (fm_tx, fm_rx) = mpsc::channel(4096);
     let metrics = Metrics::new();
     let params = CallParams {
-        call_sid: "CA1".into(),
-        stream_sid: SID.into(),
-        mode: config.audio.mode,
         playout_lead: config.playout_lead(),
         greeting: config.agent.greeting.clone(),
+        ..CallParams::new("CA1", SID, config.audio.mode)
     };
     let model = Model {
         driver: driver_for(SessionSpec::from_config(config, tools.specs())),
@@ -436,13 +434,7 @@ async fn drain_signal_closes_with_going_away() {
     let (ft_tx, mut ft_rx) = mpsc::channel(64);
     let (fm_tx, _fm_rx) = mpsc::channel(64);
     let shutdown = CancellationToken::new();
-    let params = CallParams {
-        call_sid: "CA1".into(),
-        stream_sid: SID.into(),
-        mode: AudioMode::Pcmu,
-        playout_lead: Duration::from_millis(200),
-        greeting: String::new(),
-    };
+    let params = CallParams::new("CA1", SID, AudioMode::Pcmu);
     let model = Model {
         driver: driver_for(SessionSpec::from_config(&Config::default(), Vec::new())),
         tx: PollSender::new(fm_tx),

@@ -9,6 +9,7 @@
 //! does not know which model protocol a call uses.
 
 pub mod bridge;
+pub mod control;
 pub mod handshake;
 pub mod http_tools;
 pub mod playout;

@@ -6,14 +6,21 @@
 //! recently. The upgrade signature alone cannot do that: it covers only the
 //! fixed `wss://…/media` URL, so a signed upgrade could carry any call.
 //!
-//! The token is stateless (an HMAC over the call SID and an expiry) so that
-//! the `/voice` request and the stream may land on different replicas behind a
-//! load balancer with nothing shared but the key.
+//! The token also carries the assistant profile chosen at the webhook (by the
+//! called number), so whichever replica accepts the stream uses the same
+//! profile. (The caller's and the called number travel beside it as plain
+//! `<Parameter>`s: altering them would take a validly signed upgrade, that
+//! is, the auth token, which could mint tokens anyway.)
 //!
-//! Format: `v1.<expiry unix secs>.<base64url(HMAC-SHA1(key, "v1|" + call_sid + "|" + expiry))>`,
-//! URL-safe base64 without padding, so the token needs no escaping in XML,
-//! URLs or logs. SHA-1 is fine in HMAC and keeps us on the crates we already
-//! need for Twilio's signatures.
+//! The token is stateless (an HMAC) so that the `/voice` request and the
+//! stream may land on different replicas behind a load balancer with nothing
+//! shared but the key.
+//!
+//! Format: `v2.<expiry unix secs>.<profile>.<base64url(HMAC-SHA1(key, m))>`
+//! where `m` is `v2` followed by the call SID, the profile and the expiry,
+//! each as `|<byte length>:<bytes>` (so no field can bleed into another). URL-safe base64 without padding: the token needs no
+//! escaping in XML, URLs or logs. SHA-1 is fine in HMAC and keeps us on the
+//! crates we already need for Twilio's signatures.
 
 use std::fmt;
 use std::time::Duration;
@@ -27,24 +34,28 @@ use super::signature::hmac_sha1;
 
 /// The version prefix; a new format gets a new one and old tokens fail as
 /// [`TokenError::Malformed`] rather than as forgeries.
-const VERSION: &str = "v1";
+const VERSION: &str = "v2";
 
-/// Longest token [`StreamTokens::verify`] looks at: `v1.` + 20 digits + `.` +
-/// 27 characters is 51; anything much longer is not ours and is not hashed.
-const MAX_TOKEN_LEN: usize = 64;
+/// Longest token [`StreamTokens::verify`] looks at: `v2.` + 20 digits + `.` +
+/// a 32-byte profile + `.` + 27 characters is 84; anything longer is not
+/// ours and is not hashed.
+const MAX_TOKEN_LEN: usize = 96;
+/// Longest profile name a token carries.
+pub const MAX_PROFILE_LEN: usize = 32;
 
 /// Why a token was refused. The bridge closes the stream with 1008 in every
 /// case but counts the reasons apart: `Expired` points at a slow or replayed
 /// call setup, `BadSignature` at a forgery or a key mismatch between replicas.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
 pub enum TokenError {
-    /// Not a `v1.<digits>.<base64url>` token at all (includes empty).
+    /// Not a `v2.<digits>.<profile>.<base64url>` token at all (includes empty).
     #[error("malformed stream token")]
     Malformed,
     /// Authentic, but its expiry has passed.
     #[error("stream token expired")]
     Expired,
-    /// Well formed, but the MAC does not match this call SID and expiry.
+    /// Well formed, but the MAC does not match this call SID, the profile
+    /// and the expiry.
     #[error("stream token signature mismatch")]
     BadSignature,
 }
@@ -67,6 +78,15 @@ impl fmt::Debug for StreamTokens {
     }
 }
 
+/// A profile name fit for a token: 1–32 letters, digits, `_` or `-`.
+fn is_profile(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PROFILE_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 impl StreamTokens {
     /// `key` must be secret and the same on every replica; `ttl` bounds the
     /// time from answering `/voice` to the stream's `start` (Twilio takes well
@@ -79,40 +99,48 @@ impl StreamTokens {
         }
     }
 
-    /// The token for `call_sid`, valid until `now_unix_secs + ttl` inclusive.
-    /// Time is passed in so that callers and tests control the clock.
-    pub fn issue(&self, call_sid: &str, now_unix_secs: u64) -> String {
+    /// The token for `call_sid` answered by `profile`, valid until
+    /// `now_unix_secs + ttl` inclusive. Time is passed in so that callers and
+    /// tests control the clock. A profile name unfit for a token (config
+    /// validation prevents it) gives a token that never verifies.
+    pub fn issue(&self, call_sid: &str, profile: &str, now_unix_secs: u64) -> String {
         let expiry = now_unix_secs.saturating_add(self.ttl.as_secs()).to_string();
-        let tag = self.mac(call_sid, &expiry).finalize().into_bytes();
-        let mut token = String::with_capacity(VERSION.len() + expiry.len() + 29);
+        let tag = self.mac(call_sid, profile, &expiry).finalize().into_bytes();
+        let mut token = String::with_capacity(VERSION.len() + expiry.len() + profile.len() + 30);
         token.push_str(VERSION);
         token.push('.');
         token.push_str(&expiry);
+        token.push('.');
+        token.push_str(profile);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(tag, &mut token);
         token
     }
 
-    /// Checks `token` (from the network) against the `call_sid` of the same
-    /// `start` message.
+    /// Checks `token` (from the network) against the call SID of the same
+    /// `start` message, and returns the profile it carries.
     ///
     /// The MAC is checked, in constant time, before the expiry, so that an
     /// expiry is only believed once it is known to be ours. The expiry must be
     /// canonical decimal digits and is authenticated exactly as received, so
     /// no two spellings of one token are accepted.
-    pub fn verify(
+    pub fn verify<'t>(
         &self,
-        token: &str,
+        token: &'t str,
         call_sid: &str,
         now_unix_secs: u64,
-    ) -> Result<(), TokenError> {
+    ) -> Result<&'t str, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(VERSION), Some(expiry), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(VERSION), Some(expiry), Some(profile), Some(tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(TokenError::Malformed);
         };
         let canonical = !expiry.is_empty()
@@ -121,27 +149,33 @@ impl StreamTokens {
         let Some(expiry_secs) = expiry.parse::<u64>().ok().filter(|_| canonical) else {
             return Err(TokenError::Malformed);
         };
+        if !is_profile(profile) {
+            return Err(TokenError::Malformed);
+        }
         let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
             return Err(TokenError::Malformed);
         };
-        if self.mac(call_sid, expiry).verify_slice(&tag).is_err() {
+        if self
+            .mac(call_sid, profile, expiry)
+            .verify_slice(&tag)
+            .is_err()
+        {
             return Err(TokenError::BadSignature);
         }
         if now_unix_secs > expiry_secs {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok(profile)
     }
 
-    /// HMAC over `v1|call_sid|expiry`. The expiry is digits only and last,
-    /// so a `|` inside a call SID cannot make two inputs collide.
-    fn mac(&self, call_sid: &str, expiry: &str) -> Hmac<Sha1> {
+    /// HMAC over the version and every bound field, length-prefixed.
+    fn mac(&self, call_sid: &str, profile: &str, expiry: &str) -> Hmac<Sha1> {
         let mut mac = hmac_sha1(&self.key);
         mac.update(VERSION.as_bytes());
-        mac.update(b"|");
-        mac.update(call_sid.as_bytes());
-        mac.update(b"|");
-        mac.update(expiry.as_bytes());
+        for field in [call_sid, profile, expiry] {
+            mac.update(format!("|{}:", field.len()).as_bytes());
+            mac.update(field.as_bytes());
+        }
         mac
     }
 }
@@ -158,48 +192,55 @@ mod tests {
     }
 
     #[test]
-    fn round_trip() {
+    fn round_trip_carries_the_profile() {
         let t = tokens();
-        let token = t.issue(CALL, NOW);
-        assert_eq!(token.len(), 3 + 10 + 1 + 27);
-        assert!(token.starts_with("v1.1750000060."), "{token}");
+        let token = t.issue(CALL, "sales", NOW);
+        assert!(token.starts_with("v2.1750000060.sales."), "{token}");
+        assert!(token.len() <= MAX_TOKEN_LEN);
         assert!(
             token
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
             "{token}"
         );
-        assert_eq!(t.verify(&token, CALL, NOW), Ok(()));
-        assert_eq!(t.verify(&token, CALL, NOW + 60), Ok(()));
+        assert_eq!(t.verify(&token, CALL, NOW), Ok("sales"));
+        assert_eq!(t.verify(&token, CALL, NOW + 60), Ok("sales"));
         // Another replica with the same key agrees.
         let other = StreamTokens::new(b"replica-shared-secret", Duration::from_secs(5));
-        assert_eq!(other.verify(&token, CALL, NOW + 1), Ok(()));
+        assert_eq!(other.verify(&token, CALL, NOW + 1), Ok("sales"));
+        // The longest profile still fits.
+        let long = "p".repeat(MAX_PROFILE_LEN);
+        let token = t.issue(CALL, &long, u64::MAX - 100);
+        assert_eq!(t.verify(&token, CALL, 0), Ok(long.as_str()));
     }
 
     #[test]
     fn known_value() {
-        // Pins the format: HMAC-SHA1("k", "v1|CA1|100"), base64url without padding.
+        // Pins the format.
         let t = StreamTokens::new(b"k", Duration::from_secs(100));
         let mut mac = hmac_sha1(b"k");
-        mac.update(b"v1|CA1|100");
+        mac.update(b"v2|3:CA1|7:default|3:100");
         let want = format!(
-            "v1.100.{}",
+            "v2.100.default.{}",
             URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
         );
-        assert_eq!(t.issue("CA1", 0), want);
+        assert_eq!(t.issue("CA1", "default", 0), want);
     }
 
     #[test]
-    fn wrong_call_sid_or_key() {
-        let token = tokens().issue(CALL, NOW);
-        assert_eq!(
-            tokens().verify(&token, "CA0123456789abcdef0123456789abcdee", NOW),
-            Err(TokenError::BadSignature)
-        );
-        assert_eq!(
-            tokens().verify(&token, "", NOW),
-            Err(TokenError::BadSignature)
-        );
+    fn every_bound_field_counts() {
+        let t = tokens();
+        let token = t.issue(CALL, "default", NOW);
+        for other in ["CA0123456789abcdef0123456789abcdee", ""] {
+            assert_eq!(
+                t.verify(&token, other, NOW),
+                Err(TokenError::BadSignature),
+                "{other:?}"
+            );
+        }
+        // A tampered profile is a forgery, not another assistant.
+        let forged = token.replacen(".default.", ".sales.", 1);
+        assert_eq!(t.verify(&forged, CALL, NOW), Err(TokenError::BadSignature));
         let other = StreamTokens::new(b"another-secret", Duration::from_secs(60));
         assert_eq!(
             other.verify(&token, CALL, NOW),
@@ -210,15 +251,15 @@ mod tests {
     #[test]
     fn expired() {
         let t = tokens();
-        let token = t.issue(CALL, NOW);
+        let token = t.issue(CALL, "default", NOW);
         assert_eq!(t.verify(&token, CALL, NOW + 61), Err(TokenError::Expired));
         assert_eq!(t.verify(&token, CALL, u64::MAX), Err(TokenError::Expired));
     }
 
     #[test]
-    fn tampered_expiry() {
+    fn tampered_expiry_or_tag() {
         let t = tokens();
-        let token = t.issue(CALL, NOW);
+        let token = t.issue(CALL, "default", NOW);
         let tag = token.rsplit('.').next().unwrap();
         for expiry in [
             "1750000061",
@@ -228,23 +269,13 @@ mod tests {
             "1750000060 ",
             "",
         ] {
-            let forged = format!("v1.{expiry}.{tag}");
+            let forged = format!("v2.{expiry}.default.{tag}");
             assert!(t.verify(&forged, CALL, NOW).is_err(), "{forged}");
         }
         assert_eq!(
-            t.verify(&format!("v1.9999999999.{tag}"), CALL, NOW),
+            t.verify(&format!("v2.9999999999.default.{tag}"), CALL, NOW),
             Err(TokenError::BadSignature)
         );
-        assert_eq!(
-            t.verify(&format!("v1.01750000060.{tag}"), CALL, NOW),
-            Err(TokenError::Malformed)
-        );
-    }
-
-    #[test]
-    fn tampered_tag() {
-        let t = tokens();
-        let token = t.issue(CALL, NOW);
         let (head, tag) = token.rsplit_once('.').unwrap();
         let mut flipped = tag.as_bytes().to_vec();
         flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
@@ -254,38 +285,38 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         assert_eq!(
-            t.verify(&format!("{head}.{}", &tag[..20]), CALL, NOW),
-            Err(TokenError::BadSignature)
-        );
-        assert_eq!(
             t.verify(&format!("{head}."), CALL, NOW),
             Err(TokenError::BadSignature)
         );
     }
 
     #[test]
-    fn garbage() {
+    fn garbage_is_malformed() {
         let t = tokens();
-        let token = t.issue(CALL, NOW);
-        let long = "v1.1.".to_string() + &"A".repeat(100);
+        let token = t.issue(CALL, "default", NOW);
+        let long = "v2.1.default.".to_string() + &"A".repeat(100);
+        let long_profile = format!("v2.1.{}.AAAA", "p".repeat(MAX_PROFILE_LEN + 1));
         for bad in [
             "",
             ".",
-            "..",
-            "v1",
-            "v1.",
-            "v1..",
-            "v2.1750000060.AAAA",
-            "V1.1750000060.AAAA",
-            "v1.-1.AAAA",
-            "v1.abc.AAAA",
-            "v1.18446744073709551616.AAAA",
-            "v1.1750000060.not base64!",
-            "v1.1750000060.AAAA.extra",
-            "v1.1750000060.AAAA=",
+            "...",
+            "v2",
+            "v2.",
+            "v2...",
+            "v1.1750000060.AAAA",
+            "V2.1750000060.default.AAAA",
+            "v2.-1.default.AAAA",
+            "v2.abc.default.AAAA",
+            "v2.18446744073709551616.default.AAAA",
+            "v2.1750000060.default.not base64!",
+            "v2.1750000060.default.AAAA.extra",
+            "v2.1750000060..AAAA",
+            "v2.1750000060.de fault.AAAA",
+            "v2.1750000060.default.AAAA=",
             "garbage",
-            "😀.😀.😀",
+            "😀.😀.😀.😀",
             long.as_str(),
+            long_profile.as_str(),
         ] {
             assert_eq!(
                 t.verify(bad, CALL, NOW),
@@ -306,9 +337,9 @@ mod tests {
     #[test]
     fn ttl_saturates_and_debug_hides_key() {
         let t = StreamTokens::new(b"super-secret-key", Duration::MAX);
-        let token = t.issue(CALL, NOW);
-        assert!(token.starts_with(&format!("v1.{}.", u64::MAX)));
-        assert_eq!(t.verify(&token, CALL, u64::MAX), Ok(()));
+        let token = t.issue(CALL, "default", NOW);
+        assert!(token.starts_with(&format!("v2.{}.", u64::MAX)));
+        assert_eq!(t.verify(&token, CALL, u64::MAX), Ok("default"));
         let debug = format!("{t:?}");
         assert!(!debug.contains("super-secret"), "{debug}");
     }

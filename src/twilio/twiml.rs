@@ -26,10 +26,27 @@ pub fn connect_stream(
     token: &str,
     fallback_say: Option<&str>,
 ) -> String {
+    connect_stream_with(
+        stream_url,
+        status_callback_url,
+        &[("token", token)],
+        fallback_say,
+    )
+}
+
+/// Like [`connect_stream`], with every `(name, value)` as a `<Parameter>`
+/// (the token, and the call's numbers, which `start` does not carry).
+pub fn connect_stream_with(
+    stream_url: &str,
+    status_callback_url: &str,
+    params: &[(&str, &str)],
+    fallback_say: Option<&str>,
+) -> String {
+    let params_len: usize = params.iter().map(|(n, v)| n.len() + v.len() + 40).sum();
     let mut xml = String::with_capacity(
         256 + stream_url.len()
             + status_callback_url.len()
-            + token.len()
+            + params_len
             + fallback_say.map_or(0, str::len),
     );
     xml.push_str(DECLARATION);
@@ -37,9 +54,15 @@ pub fn connect_stream(
     escape_into(&mut xml, stream_url);
     xml.push_str("\" statusCallback=\"");
     escape_into(&mut xml, status_callback_url);
-    xml.push_str("\">\n      <Parameter name=\"token\" value=\"");
-    escape_into(&mut xml, token);
-    xml.push_str("\"/>\n    </Stream>\n  </Connect>\n");
+    xml.push_str("\">\n");
+    for (name, value) in params {
+        xml.push_str("      <Parameter name=\"");
+        escape_into(&mut xml, name);
+        xml.push_str("\" value=\"");
+        escape_into(&mut xml, value);
+        xml.push_str("\"/>\n");
+    }
+    xml.push_str("    </Stream>\n  </Connect>\n");
     if let Some(text) = fallback_say {
         xml.push_str("  <Say>");
         escape_into(&mut xml, text);

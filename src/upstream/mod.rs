@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use crate::audio::AudioMode;
-use crate::config::{AgentConfig, Config, Dialect};
+use crate::config::{AgentConfig, Config, Dialect, Profile};
 
 /// What the model is configured with for one call.
 #[derive(Debug, Clone)]
@@ -44,6 +44,7 @@ pub struct SessionSpec {
 }
 
 impl SessionSpec {
+    /// The session of `[agent]`, the default assistant.
     pub fn from_config(config: &Config, tools: Vec<ToolSpec>) -> SessionSpec {
         SessionSpec {
             dialect: config.realtime.dialect,
@@ -52,6 +53,15 @@ impl SessionSpec {
             live_model: config.live_model().to_owned(),
             delegation_model: config.realtime.delegation_model.clone(),
             tools,
+        }
+    }
+
+    /// The session of one assistant profile.
+    pub fn for_profile(config: &Config, profile: &Profile, tools: Vec<ToolSpec>) -> SessionSpec {
+        SessionSpec {
+            mode: profile.audio_mode,
+            agent: profile.agent.clone(),
+            ..Self::from_config(config, tools)
         }
     }
 }
@@ -226,6 +236,10 @@ pub trait Driver: Send {
 
     /// Make the model speak, following `instruction` (a greeting).
     fn speak(&mut self, instruction: &str, out: &mut Vec<String>);
+
+    /// Something the caller did that is not speech (keypad digits), as text
+    /// the model should take into account and may answer.
+    fn user_text(&mut self, text: &str, out: &mut Vec<String>);
 
     /// The call is ending: the frames to send, and whether the model will
     /// confirm with [`ModelEvent::Closed`] (worth a short wait for final usage).

@@ -287,6 +287,16 @@ impl Driver for LiveDriver {
         out.push(msg);
     }
 
+    fn user_text(&mut self, text: &str, out: &mut Vec<String>) {
+        // Silent context: the model hears about it and decides itself
+        // whether and how to answer (GPT-Live takes no user text messages).
+        let mut msg = String::with_capacity(96 + text.len());
+        msg.push_str(r#"{"type":"session.thinking.append","delegation_id":null,"content":"#);
+        push_json_str(&mut msg, text);
+        msg.push('}');
+        out.push(msg);
+    }
+
     fn close(&mut self, out: &mut Vec<String>) -> bool {
         out.push(r#"{"type":"session.close"}"#.to_owned());
         true

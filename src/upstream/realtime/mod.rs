@@ -243,6 +243,13 @@ impl Driver for RealtimeDriver {
         self.settle(Owed::Speak(instruction.to_owned()), out);
     }
 
+    fn user_text(&mut self, text: &str, out: &mut Vec<String>) {
+        let mut msg = String::with_capacity(128 + text.len());
+        write_text_item(&mut msg, false, false, text);
+        out.push(msg);
+        self.settle(Owed::Continue, out);
+    }
+
     fn close(&mut self, _out: &mut Vec<String>) -> bool {
         // Realtime has no goodbye: closing the socket ends the session.
         false
