@@ -219,7 +219,18 @@ impl Playout {
         }
         match self.items.iter_mut().rev().find(|i| i.item_id == item_id) {
             Some(item) => {
-                let bytes = (ms as usize * BYTES_PER_MS).min(item.sent);
+                // Marks count whole milliseconds: the mark of everything
+                // sent so far acknowledges the sub-millisecond rest too, or
+                // a finished item would look unplayed forever. Saturating:
+                // `ms` is whatever Twilio (or a forger) echoed.
+                let bytes = if ms == (item.sent / BYTES_PER_MS) as u64 {
+                    item.sent
+                } else {
+                    usize::try_from(ms)
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(BYTES_PER_MS)
+                        .min(item.sent)
+                };
                 item.acked = item.acked.max(bytes);
                 MarkEcho::Played {
                     item_id_len: item.item_id.len(),
@@ -324,6 +335,26 @@ mod tests {
         assert_eq!(c.payload.len(), 8 * 50);
         assert_eq!(c.lead, ms(200));
         assert_eq!(p.next_send_at(t), Some(t + ms(20)));
+    }
+
+    #[test]
+    fn the_last_mark_acknowledges_a_partial_millisecond() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        // 100 ms and 5 bytes: the mark says 100 ms.
+        p.push("i", &[0x7f; 8 * 100 + 5]);
+        let marks: Vec<String> =
+            std::iter::from_fn(|| p.next_chunk(t0).map(|c| c.mark.to_owned())).collect();
+        assert_eq!(marks.last().map(String::as_str), Some("0:100:i"));
+        for m in &marks {
+            p.on_mark(m);
+        }
+        assert!(!p.is_playing(t0 + ms(1000)), "all of it was played");
+        // A hostile, huge millisecond count neither panics nor over-acks.
+        assert!(matches!(
+            p.on_mark(&format!("0:{}:i", u64::MAX)),
+            MarkEcho::Played { played_ms: 100, .. }
+        ));
     }
 
     #[test]
