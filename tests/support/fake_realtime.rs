@@ -324,7 +324,10 @@ fn handle(
                     "conversation_already_has_active_response",
                     ev.get("event_id"),
                 ));
-            } else if s.output_received {
+            } else {
+                // The real API answers every response.create made while no
+                // response is active (a greeting, a continuation after tool
+                // outputs, a digit message).
                 s.output_received = false;
                 respond(s, out, rec, script);
             }

@@ -153,6 +153,8 @@ pub struct CallerScript {
     pub media_format: Option<Value>,
     /// Stop the call this long after answer audio is first heard.
     pub end_after_first_answer: Option<Duration>,
+    /// Keypad digits pressed, each at this long after the stream started.
+    pub dtmf: Vec<(Duration, String)>,
 }
 
 impl CallerScript {
@@ -167,6 +169,7 @@ impl CallerScript {
             send_start: true,
             media_format: None,
             end_after_first_answer: None,
+            dtmf: Vec::new(),
         }
     }
 }
@@ -185,6 +188,10 @@ pub struct CallerLog {
     pub received_at_clear: Vec<u64>,
     pub marks_echoed: Vec<String>,
     pub close_code: Option<u16>,
+    /// When the bridge closed the stream (before the caller sent `stop`).
+    pub closed_at: Option<Instant>,
+    /// Answer audio still queued for playing when the bridge closed (ms).
+    pub unplayed_at_close_ms: u64,
     /// Non-text frames from the bridge (Twilio treats them as errors).
     pub binary_frames: u32,
 }
@@ -239,6 +246,7 @@ pub async fn run_caller(mut ws: Ws, script: CallerScript) -> CallerLog {
     let mut sending: Vec<u8> = script.audio.clone();
     let mut pos = 0usize;
     let mut barged = false;
+    let mut dtmf = script.dtmf.clone();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -247,6 +255,11 @@ pub async fn run_caller(mut ws: Ws, script: CallerScript) -> CallerLog {
                     || script.end_after_first_answer.zip(log.first_answer_at).is_some_and(|(d, t)| now.duration_since(t) >= d)
                 {
                     break;
+                }
+                while let Some(pos) = dtmf.iter().position(|(at, _)| now.duration_since(started) >= *at) {
+                    let (_, digit) = dtmf.remove(pos);
+                    send(&mut ws, json!({"event":"dtmf","sequenceNumber":seq.to_string(),"streamSid":STREAM_SID,"dtmf":{"track":"inbound_track","digit":digit}})).await;
+                    seq += 1;
                 }
                 if let Some((after, audio)) = &script.bargein {
                     if !barged && log.heard_ms >= after.as_millis() as u64 {
@@ -331,6 +344,14 @@ pub async fn run_caller(mut ws: Ws, script: CallerScript) -> CallerLog {
                     Some(Ok(Message::Binary(_))) => log.binary_frames += 1,
                     Some(Ok(Message::Close(frame))) => {
                         log.close_code = frame.map(|f| u16::from(f.code));
+                        log.closed_at = Some(now);
+                        log.unplayed_at_close_ms = queue
+                            .iter()
+                            .map(|q| match q {
+                                Queued::Audio(a) => (a.len() / 8) as u64,
+                                Queued::Mark(_) => 0,
+                            })
+                            .sum();
                         return log;
                     }
                     Some(Ok(_)) => {}

@@ -35,6 +35,8 @@ pub struct Recorded {
     pub content_type: Option<String>,
     /// Form parameters in order, repeated names kept.
     pub params: Vec<(String, String)>,
+    /// When it arrived.
+    pub at: tokio::time::Instant,
 }
 
 impl Recorded {
@@ -210,6 +212,7 @@ async fn handle(
             .as_ref()
             .is_some_and(|(u, p)| s.credentials.iter().any(|(cu, cp)| cu == u && cp == p));
         s.requests.push(Recorded {
+            at: tokio::time::Instant::now(),
             method: method.to_string(),
             path: path.clone(),
             user: auth.as_ref().map(|(u, _)| u.clone()),
