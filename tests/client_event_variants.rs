@@ -67,6 +67,7 @@ fn all_client_event_variants() {
         driver.append_audio(&[0, 1, 2, 3, 255], &mut append);
         out.push(append);
         driver.speak("Greet the caller as \"Acme\" support.", &mut out);
+        driver.user_text("The caller pressed on the keypad: 1 2 3 #", &mut out);
         driver.interrupt(
             Some(Heard {
                 item_id: "item_1",

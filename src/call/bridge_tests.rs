@@ -455,3 +455,203 @@ async fn drain_signal_closes_with_going_away() {
     assert_eq!(json_of(ft_rx.recv().await.unwrap()), json!({"close": 1001}));
     drop((tt_tx, tm_tx));
 }
+
+/// A tool that answers after `delay`, counting the calls it started.
+struct SlowTool {
+    delay: Duration,
+    started: std::sync::atomic::AtomicUsize,
+}
+
+impl ToolRunner for SlowTool {
+    fn specs(&self) -> Vec<crate::upstream::ToolSpec> {
+        ["slow", "fast"]
+            .into_iter()
+            .map(|name| crate::upstream::ToolSpec {
+                name: name.into(),
+                description: "test".into(),
+                parameters: json!({"type":"object"}),
+            })
+            .collect()
+    }
+
+    fn run(&self, call: crate::upstream::ToolCall, _: &CallContext) -> ToolFuture {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let delay = if call.name == "slow" {
+            self.delay
+        } else {
+            Duration::ZERO
+        };
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            crate::call::tools::ToolAnswer::ok(format!("{{\"from\":\"{}\"}}", call.name))
+        })
+    }
+}
+
+fn function_call(resp: &str, call_id: &str, name: &str) -> WsIn {
+    text(
+        json!({"type":"response.output_item.done","response_id":resp,"output_index":0,"item":{"id":format!("fc_{call_id}"),"type":"function_call","call_id":call_id,"name":name,"arguments":"{}","status":"completed"}}),
+    )
+}
+
+fn media_frame(seq: u64) -> WsIn {
+    let payload = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
+    text(
+        json!({"event":"media","sequenceNumber":seq.to_string(),"streamSid":SID,"media":{"track":"inbound","chunk":"1","timestamp":"0","payload":payload}}),
+    )
+}
+
+/// Two calls of one response run beside the relay: the caller keeps being
+/// heard and barge-in keeps working while the slow one runs; both outputs
+/// then go back with one response.create, sent only once no response is
+/// active.
+#[tokio::test(start_paused = true)]
+async fn tools_run_beside_the_relay_and_are_answered_as_one_batch() {
+    let tools = Arc::new(SlowTool {
+        delay: Duration::from_secs(3),
+        started: Default::default(),
+    });
+    let mut h = start_with(&Config::default(), tools.clone());
+    settle().await;
+    drain(&mut h.from_bridge_model);
+    let m = &h.to_bridge_model;
+    m.send(text(
+        json!({"type":"response.created","response":{"id":"r1"}}),
+    ))
+    .await
+    .unwrap();
+    m.send(function_call("r1", "c1", "slow")).await.unwrap();
+    m.send(function_call("r1", "c2", "fast")).await.unwrap();
+    m.send(text(
+        json!({"type":"response.done","response":{"id":"r1","status":"completed"}}),
+    ))
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(tools.started.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The fast call is done, the slow one is not: nothing is sent yet.
+    assert!(drain(&mut h.from_bridge_model).is_empty());
+
+    // Meanwhile the caller speaks and the model answers: both keep flowing.
+    for seq in 2..12 {
+        h.to_bridge_twilio.send(media_frame(seq)).await.unwrap();
+    }
+    m.send(text(
+        json!({"type":"response.created","response":{"id":"r2"}}),
+    ))
+    .await
+    .unwrap();
+    m.send(delta("r2", "i2", 500)).await.unwrap();
+    settle().await;
+    let to_model = drain(&mut h.from_bridge_model);
+    assert_eq!(
+        to_model
+            .iter()
+            .filter(|e| e["type"] == "input_audio_buffer.append")
+            .count(),
+        10
+    );
+    assert!(media_ms(&drain(&mut h.from_bridge_twilio)) > 0);
+    // A barge-in while the tool runs still clears and cancels.
+    m.send(text(
+        json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1,"item_id":"in"}),
+    ))
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(
+        drain(&mut h.from_bridge_twilio),
+        vec![json!({"event":"clear","streamSid":SID})]
+    );
+    let after_barge = drain(&mut h.from_bridge_model);
+    assert_eq!(after_barge[0]["type"], "response.cancel");
+
+    // A new response is active when the slow tool finishes: the outputs go
+    // at once, the response.create waits for response.done.
+    m.send(text(
+        json!({"type":"response.created","response":{"id":"r3"}}),
+    ))
+    .await
+    .unwrap();
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle().await;
+    let outputs = drain(&mut h.from_bridge_model);
+    let types: Vec<&str> = outputs.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        ["conversation.item.create", "conversation.item.create"],
+        "{outputs:?}"
+    );
+    let mut ids: Vec<&str> = outputs
+        .iter()
+        .filter_map(|e| e["item"]["call_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["c1", "c2"]);
+    m.send(text(
+        json!({"type":"response.done","response":{"id":"r3","status":"completed"}}),
+    ))
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(
+        drain(&mut h.from_bridge_model),
+        vec![json!({"type":"response.create"})]
+    );
+    assert_eq!(h.metrics.tool_calls("slow", "ok"), 1);
+    assert_eq!(h.metrics.tool_calls("fast", "ok"), 1);
+}
+
+/// A tool still running when the call ends has no one to answer: its
+/// result is dropped and counted. Calls of a cancelled response never run,
+/// and a name the model made up is counted as `unknown`.
+#[tokio::test(start_paused = true)]
+async fn late_tool_results_are_dropped_and_made_up_names_bounded() {
+    let tools = Arc::new(SlowTool {
+        delay: Duration::from_secs(30),
+        started: Default::default(),
+    });
+    let mut h = start_with(&Config::default(), tools.clone());
+    settle().await;
+    let m = &h.to_bridge_model;
+    // Cancelled: never run.
+    m.send(text(
+        json!({"type":"response.created","response":{"id":"r0"}}),
+    ))
+    .await
+    .unwrap();
+    m.send(function_call("r0", "c0", "fast")).await.unwrap();
+    m.send(text(
+        json!({"type":"response.done","response":{"id":"r0","status":"cancelled"}}),
+    ))
+    .await
+    .unwrap();
+    // Completed: the slow one and a made-up one run.
+    m.send(text(
+        json!({"type":"response.created","response":{"id":"r1"}}),
+    ))
+    .await
+    .unwrap();
+    m.send(function_call("r1", "c1", "slow")).await.unwrap();
+    m.send(function_call("r1", "c2", "rm_rf")).await.unwrap();
+    m.send(text(
+        json!({"type":"response.done","response":{"id":"r1","status":"completed"}}),
+    ))
+    .await
+    .unwrap();
+    settle().await;
+    assert_eq!(tools.started.load(std::sync::atomic::Ordering::SeqCst), 2);
+    h.to_bridge_twilio
+        .send(text(json!({"event":"stop","streamSid":SID})))
+        .await
+        .unwrap();
+    let summary = h.task.await.unwrap();
+    assert_eq!(summary.outcome, Outcome::Completed);
+    assert_eq!(summary.tool_calls, 2);
+    assert_eq!(h.metrics.tool_calls("slow", "dropped"), 1);
+    assert_eq!(h.metrics.tool_calls("unknown", "ok"), 1);
+    assert_eq!(h.metrics.tool_calls("rm_rf", "ok"), 0);
+    drain(&mut h.from_bridge_model);
+}
