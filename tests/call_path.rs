@@ -167,9 +167,10 @@ async fn barge_in(dialect: Dialect, mode: AudioMode, name: &str) {
         0
     );
 
-    let cancels = fake.events_of("response.cancel");
-    assert_eq!(cancels.len(), 1, "{cancels:?}");
-    assert_eq!(cancels[0]["response_id"], "resp_2");
+    // The session cancelled the response itself (server VAD with
+    // interrupt_response, as the real API): the bridge sends no cancel, so
+    // no response_cancel_not_active error either.
+    assert!(fake.events_of("response.cancel").is_empty());
     let truncates = fake.events_of("conversation.item.truncate");
     assert_eq!(truncates.len(), 1, "{truncates:?}");
     let t = &truncates[0];
@@ -193,10 +194,7 @@ async fn barge_in(dialect: Dialect, mode: AudioMode, name: &str) {
         end_ms >= 1000 - 120,
         "audio_end_ms {end_ms}: barge-in came after 1000 ms heard"
     );
-    // Order on the model's socket: cancel before truncate.
     let events = fake.events();
-    let pos = |k: &str| events.iter().position(|e| e["type"] == k).unwrap();
-    assert!(pos("response.cancel") < pos("conversation.item.truncate"));
 
     assert_eq!(bridge.metrics.bargeins.get(), 1);
     assert_eq!(bridge.metrics.truncations_sent.get(), 1);

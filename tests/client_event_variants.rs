@@ -69,10 +69,16 @@ fn all_client_event_variants() {
         driver.speak("Greet the caller as \"Acme\" support.", &mut out);
         driver.user_text("The caller pressed on the keypad: 1 2 3 #", &mut out);
         driver.interrupt(
-            Some(Heard {
-                item_id: "item_1",
-                audio_end_ms: 1234,
-            }),
+            &[
+                Heard {
+                    item_id: "item_1",
+                    audio_end_ms: 1234,
+                },
+                Heard {
+                    item_id: "item_2",
+                    audio_end_ms: 0,
+                },
+            ],
             &mut out,
         );
         driver.tool_outputs(

@@ -103,7 +103,6 @@ async fn full_call_with_the_speech_fixture() {
 async fn barge_in_gets_a_clear() {
     let fake = FakeRealtime::start(Script {
         answer_ms: 6000,
-        server_interrupts: true,
         ..Script::default()
     })
     .await;

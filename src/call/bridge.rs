@@ -934,22 +934,23 @@ where
             self.send_twilio(msg).await?;
             self.m.bargein_latency.observe_duration(received.elapsed());
         }
-        let truncation = self.playout.interrupt(Instant::now());
+        let cuts = self.playout.interrupt(Instant::now());
         self.outbound.reset();
-        let heard = truncation.as_ref().map(|t| Heard {
-            item_id: &t.item_id,
-            audio_end_ms: t.audio_end_ms,
-        });
-        match &truncation {
-            Some(t) if t.audio_end_ms > 0 => {
-                self.m.truncations_sent.inc();
-                tracing::debug!(call_sid = %self.p.context.call_sid, item_id = %t.item_id, audio_end_ms = t.audio_end_ms, acked_ms = t.acked_ms, sent_ms = t.sent_ms, "truncate");
-            }
-            _ => {
-                self.m.truncations_skipped.inc();
-            }
+        let heard: Vec<Heard<'_>> = cuts
+            .iter()
+            .map(|t| Heard {
+                item_id: &t.item_id,
+                audio_end_ms: t.audio_end_ms,
+            })
+            .collect();
+        if cuts.is_empty() {
+            self.m.truncations_skipped.inc();
         }
-        self.driver.interrupt(heard, &mut self.outbox);
+        for t in &cuts {
+            self.m.truncations_sent.inc();
+            tracing::debug!(call_sid = %self.p.context.call_sid, item_id = %t.item_id, audio_end_ms = t.audio_end_ms, acked_ms = t.acked_ms, sent_ms = t.sent_ms, "truncate");
+        }
+        self.driver.interrupt(&heard, &mut self.outbox);
         self.flush_outbox().await
     }
 

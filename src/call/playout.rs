@@ -249,34 +249,44 @@ impl Playout {
     }
 
     /// Barge-in: drops unsent audio, bumps the generation so that marks
-    /// echoed by `clear` count for nothing, and says where to truncate the
-    /// item that was playing (None when nothing of it was sent).
-    pub fn interrupt(&mut self, now: Instant) -> Option<Truncation> {
-        let remaining = self.lead_at(now);
-        let truncation = self.items.iter().rev().find(|i| i.sent > 0).map(|item| {
+    /// echoed by `clear` count for nothing, and says where to truncate each
+    /// item the caller did not hear in full, oldest first: the one that was
+    /// playing at its heard point, and every later one (queued at Twilio or
+    /// not yet sent) at what was heard of it, which is nothing.
+    ///
+    /// What is still queued at Twilio (the clock's lead) was not heard; it
+    /// is the newest audio sent, so it is subtracted from the newest item
+    /// first, walking back. Marks set a floor: what Twilio confirmed played
+    /// was heard.
+    pub fn interrupt(&mut self, now: Instant) -> Vec<Truncation> {
+        let mut unheard_ms = self.lead_at(now).as_millis() as u64;
+        let mut cuts = Vec::new();
+        for item in self.items.iter().rev() {
             let sent_ms = (item.sent / BYTES_PER_MS) as u64;
             let acked_ms = (item.acked / BYTES_PER_MS) as u64;
-            // Twilio plays at real time: what is still ahead of `now` in
-            // its queue was not heard. Never below what marks confirmed.
-            let unheard_ms = remaining.as_millis() as u64;
-            let estimate = sent_ms
-                .saturating_sub(unheard_ms)
-                .max(acked_ms)
-                .min(sent_ms);
-            Truncation {
+            let received_ms = (item.received / BYTES_PER_MS) as u64;
+            let queued_ms = unheard_ms.min(sent_ms);
+            unheard_ms -= queued_ms;
+            let heard_ms = (sent_ms - queued_ms).max(acked_ms).min(sent_ms);
+            if heard_ms >= received_ms {
+                // Heard in full: so was everything before it.
+                break;
+            }
+            cuts.push(Truncation {
                 item_id: item.item_id.clone(),
-                audio_end_ms: estimate,
+                audio_end_ms: heard_ms,
                 acked_ms,
                 sent_ms,
-            }
-        });
+            });
+        }
+        cuts.reverse();
         self.generation = self.generation.wrapping_add(1);
         self.queue.clear();
         self.read = 0;
         self.segments.clear();
         self.items.clear();
         self.play_end = None;
-        truncation
+        cuts
     }
 
     /// Unsent bytes, for tests and diagnostics.
@@ -374,7 +384,9 @@ mod tests {
             }
         );
         assert_eq!(p.on_mark("someone-else"), MarkEcho::Foreign);
-        let cut = p.interrupt(t0 + ms(150)).unwrap();
+        let cuts = p.interrupt(t0 + ms(150));
+        assert_eq!(cuts.len(), 1);
+        let cut = &cuts[0];
         assert_eq!(cut.item_id, "item_x");
         assert_eq!(cut.sent_ms, 300);
         assert_eq!(cut.acked_ms, 100);
@@ -397,23 +409,60 @@ mod tests {
         let mut q = Playout::new(ms(200));
         q.push("it", &[0; 8 * 1000]);
         while q.next_chunk(t0).is_some() {}
-        let cut = q.interrupt(t0).unwrap();
+        let cut = &q.interrupt(t0)[0];
         assert_eq!(cut.audio_end_ms, 0);
         // A mark acknowledged more than the clock says: the ack wins.
         p.on_mark("0:200:it");
-        let cut = p.interrupt(t0 + ms(10)).unwrap();
+        let cut = &p.interrupt(t0 + ms(10))[0];
         assert_eq!(cut.audio_end_ms, 200);
         assert!(cut.audio_end_ms >= cut.acked_ms && cut.audio_end_ms <= cut.sent_ms);
     }
 
     #[test]
-    fn nothing_sent_means_no_truncation() {
+    fn nothing_received_means_no_truncation_unsent_audio_is_cut_at_zero() {
         let t0 = Instant::now();
         let mut p = Playout::new(ms(200));
-        assert!(p.interrupt(t0).is_none());
+        assert!(p.interrupt(t0).is_empty());
+        // Received but never sent: the caller heard none of it.
         p.push("a", &[1; 80]);
         assert!(p.is_playing(t0));
-        assert!(p.interrupt(t0).is_none());
+        let cuts = p.interrupt(t0);
+        assert_eq!(cuts.len(), 1);
+        assert_eq!((cuts[0].item_id.as_str(), cuts[0].audio_end_ms), ("a", 0));
+    }
+
+    #[test]
+    fn several_items_the_playing_one_is_cut_where_heard_and_later_ones_at_zero() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(300));
+        // Item a: 500 ms, all of it sent and echoed long ago (heard).
+        p.push("a", &[1; 8 * 500]);
+        let mut t = t0;
+        while p.next_send_at(t).is_some() {
+            while let Some(c) = p.next_chunk(t) {
+                let mark = c.mark.to_owned();
+                p.on_mark(&mark);
+            }
+            t += ms(20);
+        }
+        // Item b: 400 ms (the response completed while it plays); item c
+        // follows at once (the next response, e.g. after a tool call).
+        p.push("b", &[2; 8 * 400]);
+        p.push("c", &[3; 8 * 1000]);
+        let t1 = t + ms(1000);
+        while p.next_chunk(t1).is_some() {}
+        // 300 ms lead: 300 ms of b sent, nothing of c yet. 200 ms on, the
+        // 100 ms left of b's sent audio are still queued at Twilio.
+        let t2 = t1 + ms(200);
+        while p.next_chunk(t2).is_some() {}
+        // Now b is fully sent (400) and 100 ms of c; 300 ms queued at Twilio:
+        // all 100 of c, and the last 200 of b. The caller heard 200 of b.
+        let cuts = p.interrupt(t2);
+        let got: Vec<(&str, u64)> = cuts
+            .iter()
+            .map(|c| (c.item_id.as_str(), c.audio_end_ms))
+            .collect();
+        assert_eq!(got, [("b", 200), ("c", 0)]);
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! with the dialect's headers and adapts tungstenite messages to the call
 //! core's [`WsIn`]/[`WsOut`] (see [`crate::ws`]).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, Stream, StreamExt};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -65,9 +68,7 @@ impl ModelEndpoint {
         api_key: Option<Secret>,
         connect_timeout: Duration,
     ) -> Result<Self, ConnectError> {
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        Self::with_roots(url, dialect, api_key, connect_timeout, roots)
+        Self::with_roots(url, dialect, api_key, connect_timeout, web_roots())
     }
 
     /// Like [`ModelEndpoint::new`], trusting `roots` instead of the public
@@ -166,6 +167,56 @@ impl ModelEndpoint {
         let (sink, stream) = socket.split();
         Ok((adapt_sink(sink), adapt_stream(stream)))
     }
+}
+
+/// The public web PKI's roots (Mozilla's, via `webpki-roots`), which the
+/// bridge trusts for `wss://` unless told otherwise.
+pub fn web_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+}
+
+/// A CA file that cannot be used: unreadable, not PEM, no certificate in
+/// it, or a certificate rustls cannot take as a trust anchor.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct CaFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Reads every `CERTIFICATE` in a PEM file (a private CA, or a bundle of
+/// them); anything else in the file (keys, comments) is ignored. A file with
+/// no certificate is an error, so a wrong path to a key file is caught.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+    let fail = |reason: String| CaFileError {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("not a PEM file: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(
+            "no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// The web roots plus every certificate of `ca_file` (PEM), when given:
+/// what to trust for a private CA without distrusting the public ones.
+pub fn roots_with_ca_file(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, CaFileError> {
+    let mut roots = web_roots();
+    if let Some(path) = ca_file {
+        for (n, cert) in read_ca_file(path)?.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| CaFileError {
+                path: path.to_owned(),
+                reason: format!("certificate {} is not usable as a CA: {e}", n + 1),
+            })?;
+        }
+    }
+    Ok(roots)
 }
 
 fn is_loopback(url: &Url) -> bool {

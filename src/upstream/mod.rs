@@ -227,9 +227,10 @@ pub trait Driver: Send {
     /// Whether an answer is being generated (the model is "talking").
     fn answering(&self) -> bool;
 
-    /// The caller talked over the answer: stop it. `heard` is what the caller
-    /// heard of the item that was playing, when anything was.
-    fn interrupt(&mut self, heard: Option<Heard<'_>>, out: &mut Vec<String>);
+    /// The caller talked over the answer: stop it, and tell the model what
+    /// the caller heard of each item not heard in full (oldest first: the
+    /// one that was playing, then the ones queued after it, heard at 0).
+    fn interrupt(&mut self, heard: &[Heard<'_>], out: &mut Vec<String>);
 
     /// The outputs of one batch of tool calls (every call of one answer).
     fn tool_outputs(&mut self, outputs: &[ToolOutput], out: &mut Vec<String>);

@@ -34,9 +34,6 @@ pub struct Script {
     pub late_deltas_after_cancel: u32,
     /// Close the socket after this many client events.
     pub close_after_events: Option<usize>,
-    /// Ignore speech_started's server-side interruption (interrupt_response
-    /// false); the bridge's response.cancel must then stop the response.
-    pub server_interrupts: bool,
     /// `(name, arguments)`: the caller's first turn is answered with a
     /// completed response holding this function call (§2.5); once its
     /// function_call_output and a response.create arrive, a normal audio
@@ -52,7 +49,6 @@ impl Default for Script {
             after_session: Vec::new(),
             late_deltas_after_cancel: 0,
             close_after_events: None,
-            server_interrupts: false,
             function_call: None,
         }
     }
@@ -139,6 +135,8 @@ enum Format {
 
 struct Session {
     beta: bool,
+    /// The session cancels the active response itself on speech_started.
+    interrupts: bool,
     input: Format,
     output: Format,
     vad: bool,
@@ -203,6 +201,7 @@ async fn session(tcp: tokio::net::TcpStream, rec: Arc<Mutex<Record>>, script: Sc
     );
     let mut s = Session {
         beta,
+        interrupts: true,
         input: Format::Pcm24k,
         output: Format::Pcm24k,
         vad: true,
@@ -277,6 +276,9 @@ fn handle(
             s.input = if inp { Format::Ulaw8k } else { Format::Pcm24k };
             s.output = if outp { Format::Ulaw8k } else { Format::Pcm24k };
             s.vad = !td.is_null();
+            // As the real API: with server VAD the response is cancelled on
+            // speech_started unless interrupt_response is false (§2.2).
+            s.interrupts = s.vad && td["interrupt_response"].as_bool() != Some(false);
             if let Some(ms) = td["silence_duration_ms"].as_u64() {
                 s.silence_ms = ms as u32;
             }
@@ -402,7 +404,7 @@ fn on_audio(
         s.item_seq += 1;
         s.speech_start_ms = s.input_ms - s.loud_run_ms;
         let _ = out.send(json!({"type":"input_audio_buffer.speech_started","audio_start_ms":s.speech_start_ms as u64,"item_id":format!("item_in{}", s.item_seq)}));
-        if script.server_interrupts {
+        if s.interrupts {
             let active = s.active.lock().unwrap().take();
             if let Some((resp, item)) = active {
                 cancel(s, &resp, &item, out, script);

@@ -253,7 +253,7 @@ impl Driver for LiveDriver {
         false
     }
 
-    fn interrupt(&mut self, _heard: Option<Heard<'_>>, _out: &mut Vec<String>) {
+    fn interrupt(&mut self, _heard: &[Heard<'_>], _out: &mut Vec<String>) {
         // GPT-Live has no cancel and no truncate: the model yields by itself.
     }
 
@@ -500,10 +500,10 @@ mod tests {
         // No cancel or truncate exists: an interrupt sends nothing.
         out.clear();
         d.interrupt(
-            Some(Heard {
+            &[Heard {
                 item_id: ITEM,
                 audio_end_ms: 500,
-            }),
+            }],
             &mut out,
         );
         assert!(out.is_empty());

@@ -19,7 +19,7 @@ use super::{
     Driver, EventError, Heard, ModelEvent, Role, SessionSpec, TalkOver, ToolCall, ToolOutput, Turn,
     Usage,
 };
-use crate::config::Dialect;
+use crate::config::{Dialect, TurnDetectionKind};
 
 /// How many cancelled response ids are remembered for dropping late deltas.
 const CANCELLED_KEPT: usize = 4;
@@ -53,6 +53,13 @@ impl RealtimeDriver {
             calls: Vec::new(),
             owed: Owed::Nothing,
         }
+    }
+
+    /// Whether the session cancels the active response on speech_started
+    /// by itself: with any turn detection, since callbridge always sets
+    /// `interrupt_response: true`.
+    fn server_interrupts(&self) -> bool {
+        self.spec.agent.turn_detection.kind != TurnDetectionKind::None
     }
 
     fn is_cancelled(&self, response_id: &str) -> bool {
@@ -208,11 +215,16 @@ impl Driver for RealtimeDriver {
         self.active_response.is_some()
     }
 
-    fn interrupt(&mut self, heard: Option<Heard<'_>>, out: &mut Vec<String>) {
+    fn interrupt(&mut self, heard: &[Heard<'_>], out: &mut Vec<String>) {
         if let Some(id) = self.active_response.take() {
-            let mut msg = String::with_capacity(64);
-            write_response_cancel(&mut msg, Some(&id));
-            out.push(msg);
+            // With server VAD the session cancels the response itself
+            // (interrupt_response is always on): a cancel would only earn
+            // response_cancel_not_active. Its late deltas are dropped either way.
+            if !self.server_interrupts() {
+                let mut msg = String::with_capacity(64);
+                write_response_cancel(&mut msg, Some(&id));
+                out.push(msg);
+            }
             if self.cancelled.len() == CANCELLED_KEPT {
                 self.cancelled.pop_front();
             }
@@ -220,7 +232,7 @@ impl Driver for RealtimeDriver {
             // Calls of a cancelled response are never run.
             self.calls.clear();
         }
-        if let Some(h) = heard.filter(|h| h.audio_end_ms > 0) {
+        for h in heard {
             let mut msg = String::with_capacity(96);
             write_truncate(&mut msg, h.item_id, h.audio_end_ms);
             out.push(msg);
@@ -354,16 +366,14 @@ mod tests {
             &mut out,
         );
         d.interrupt(
-            Some(Heard {
+            &[Heard {
                 item_id: "item_1",
                 audio_end_ms: 300,
-            }),
+            }],
             &mut out,
         );
-        assert_eq!(
-            types(&out),
-            ["response.cancel", "conversation.item.truncate"]
-        );
+        // Server VAD cancels by itself: only the truncate is the bridge's.
+        assert_eq!(types(&out), ["conversation.item.truncate"]);
         let late = json!({"type":"response.output_audio.delta","response_id":"r1","item_id":"item_1","delta":"AAAA"}).to_string();
         assert_eq!(
             d.on_frame(late.as_bytes(), &mut out).unwrap(),
@@ -375,6 +385,52 @@ mod tests {
             ModelEvent::AnswerDone { tool_calls, .. } => assert!(tool_calls.is_empty()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn cancel_only_where_the_session_does_not_interrupt_and_every_unheard_item_is_truncated() {
+        let mut config = Config::default();
+        config.agent.turn_detection.kind = TurnDetectionKind::None;
+        let mut d = RealtimeDriver::new(SessionSpec::from_config(&config, Vec::new()));
+        let mut out = Vec::new();
+        feed(
+            &mut d,
+            json!({"type":"response.created","response":{"id":"r1"}}),
+            &mut out,
+        );
+        d.interrupt(
+            &[
+                Heard {
+                    item_id: "i1",
+                    audio_end_ms: 700,
+                },
+                Heard {
+                    item_id: "i2",
+                    audio_end_ms: 0,
+                },
+            ],
+            &mut out,
+        );
+        assert_eq!(
+            types(&out),
+            [
+                "response.cancel",
+                "conversation.item.truncate",
+                "conversation.item.truncate"
+            ]
+        );
+        let v: Vec<Value> = out
+            .iter()
+            .map(|m| serde_json::from_str(m).unwrap())
+            .collect();
+        assert_eq!(
+            (v[1]["item_id"].as_str(), v[1]["audio_end_ms"].as_u64()),
+            (Some("i1"), Some(700))
+        );
+        assert_eq!(
+            (v[2]["item_id"].as_str(), v[2]["audio_end_ms"].as_u64()),
+            (Some("i2"), Some(0))
+        );
     }
 
     #[test]
