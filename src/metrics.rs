@@ -140,10 +140,14 @@ pub enum Outcome {
     ProtocolError,
     /// Closed by the server at the end of a drain.
     Drained,
+    /// Nothing from Twilio for `twilio.idle_timeout_ms`: a dead stream.
+    IdleTimeout,
+    /// The call reached `max_call_secs`.
+    MaxDuration,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Completed,
         Outcome::CallerGone,
         Outcome::UpstreamFailed,
@@ -151,6 +155,8 @@ impl Outcome {
         Outcome::Unauthorized,
         Outcome::ProtocolError,
         Outcome::Drained,
+        Outcome::IdleTimeout,
+        Outcome::MaxDuration,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -161,6 +167,8 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::ProtocolError => "protocol_error",
             Outcome::Drained => "drained",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::MaxDuration => "max_duration",
         }
     }
 }
@@ -287,6 +295,8 @@ pub struct Metrics {
     pub dropped_out_stale: Counter,
     pub dropped_out_overflow: Counter,
     pub dropped_in_not_ready: Counter,
+    /// Caller audio dropped because more arrived while reconnecting than is kept.
+    pub dropped_in_reconnect: Counter,
     pub rejected: Rejects,
     pub bargeins: Counter,
     pub truncations_sent: Counter,
@@ -363,6 +373,9 @@ impl Metrics {
             .clone();
         let dropped_out_overflow = dropped
             .get_or_create(&[("direction", "outbound"), ("reason", "queue_full")])
+            .clone();
+        let dropped_in_reconnect = dropped
+            .get_or_create(&[("direction", "inbound"), ("reason", "reconnect_overflow")])
             .clone();
         let dropped_in_not_ready = dropped
             .get_or_create(&[("direction", "inbound"), ("reason", "session_not_ready")])
@@ -512,6 +525,7 @@ impl Metrics {
             dropped_out_stale,
             dropped_out_overflow,
             dropped_in_not_ready,
+            dropped_in_reconnect,
             rejected,
             bargeins,
             truncations_sent,
@@ -568,6 +582,19 @@ impl Metrics {
                 ("name".to_owned(), name.to_owned()),
                 ("outcome".to_owned(), outcome.to_owned()),
             ])
+            .get()
+    }
+
+    /// A reconnect or rollover outcome: ok, failed, rollover, rollover_failed.
+    pub fn reconnect(&self, result: &'static str) {
+        self.upstream_reconnects
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    pub fn reconnects(&self, result: &'static str) -> u64 {
+        self.upstream_reconnects
+            .get_or_create(&[("result", result)])
             .get()
     }
 

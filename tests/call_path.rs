@@ -250,7 +250,8 @@ async fn caller_hangs_up_mid_response_closes_the_model_socket() {
 async fn benign_errors_do_not_end_the_call_and_fatal_ones_do() {
     let benign = json!({"type":"error","error":{"type":"invalid_request_error","code":"response_cancel_not_active","message":"x","param":null,"event_id":null}});
     let unknown = json!({"type":"some.future_event","payload":{"x":[1,2]}});
-    let fatal = json!({"type":"error","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes.","param":null,"event_id":null}});
+    // Quota: a new session could not fix it either, so no reconnect.
+    let fatal = json!({"type":"error","error":{"type":"insufficient_quota","code":"insufficient_quota","message":"You exceeded your current quota.","param":null,"event_id":null}});
     let fake = FakeRealtime::start(Script {
         after_session: vec![benign.clone(), unknown, benign, fatal],
         ..Script::default()

@@ -8,6 +8,8 @@
 //! the call's buffers; the only allocation per message is the message itself,
 //! which the socket takes ownership of.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{Action, CallControl};
 use super::playout::{MarkEcho, Playout};
+use super::reconnect::{Backoff, HeldAudio};
 use super::tools::{CallContext, ToolAnswer, ToolFuture, ToolOutcome, ToolRunner};
 use super::{close_code, WsIn, WsOut};
 use crate::audio::{AudioMode, InboundTranscoder, OutboundTranscoder};
@@ -45,6 +48,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// After the model's last sentence before a hang-up or transfer: this much
 /// silence from the model means the sentence is over.
 const LAST_WORDS_QUIET: Duration = Duration::from_millis(1000);
+/// Caller audio kept while the model's socket is being reopened: 2 s.
+const HELD_AUDIO_BYTES: usize = 2 * 8000;
+/// A rollover that could not connect is tried again this much later.
+const ROLLOVER_RETRY: Duration = Duration::from_secs(30);
+/// How long the model must have been silent for a rollover to be quiet.
+const QUIET_FOR_ROLLOVER: Duration = Duration::from_secs(1);
 /// Keys a phone can send; anything else in a `dtmf` event is ignored.
 const DTMF_KEYS: &str = "0123456789*#ABCD";
 /// The longest key sequence kept before it is handed over anyway.
@@ -69,6 +78,17 @@ pub struct CallParams {
     pub control: Arc<CallControl>,
     /// Twilio's REST API, where credentials are configured.
     pub rest: Option<TwilioRest>,
+    /// How long the model may be away (reconnecting) before the call ends.
+    pub reconnect_budget: Duration,
+    /// A model session older than this is replaced at the first quiet
+    /// moment, before the provider's own limit cuts it.
+    pub max_session: Duration,
+    /// No message from Twilio for this long: the stream is dead.
+    pub idle_timeout: Duration,
+    /// No call lasts longer.
+    pub max_call: Duration,
+    /// μ-law audio played to the caller while the model is away.
+    pub reconnect_filler: Option<Arc<Vec<u8>>>,
 }
 
 impl CallParams {
@@ -89,6 +109,11 @@ impl CallParams {
             dtmf_timeout: Duration::from_millis(1500),
             control: Arc::new(CallControl::default()),
             rest: None,
+            reconnect_budget: Duration::from_secs(10),
+            max_session: Duration::from_secs(3300),
+            idle_timeout: Duration::from_secs(15),
+            max_call: Duration::from_secs(4 * 3600),
+            reconnect_filler: None,
         }
     }
 }
@@ -127,11 +152,17 @@ fn end(outcome: Outcome, why: impl Into<String>) -> End {
     End(outcome, Some(why.into()))
 }
 
+/// Opening a new socket to the model (a reconnect, a rollover).
+pub type Connecting<MS, MR> = Pin<Box<dyn Future<Output = Result<(MS, MR), String>> + Send>>;
+/// What opens one; `None` in [`Model::reconnect`]: a lost socket ends the call.
+pub type Connector<MS, MR> = Box<dyn FnMut() -> Connecting<MS, MR> + Send>;
+
 /// The model's side of a call: its protocol driver and its socket.
 pub struct Model<MS, MR> {
     pub driver: Box<dyn Driver>,
     pub tx: MS,
     pub rx: MR,
+    pub reconnect: Option<Connector<MS, MR>>,
 }
 
 /// Runs the call until either side ends it or `shutdown` fires.
@@ -147,21 +178,26 @@ pub async fn run<TS, TR, MS, MR, E1, E2>(
 where
     TS: Sink<WsOut, Error = E1> + Unpin,
     TR: Stream<Item = WsIn> + Unpin,
-    MS: Sink<WsOut, Error = E2> + Unpin,
-    MR: Stream<Item = WsIn> + Unpin,
+    MS: Sink<WsOut, Error = E2> + Unpin + Send + 'static,
+    MR: Stream<Item = WsIn> + Unpin + Send + 'static,
 {
     let Model {
         driver,
         tx: model_tx,
-        rx: mut model_rx,
+        rx,
+        mut reconnect,
     } = model;
+    let mut model_rx = Some(rx);
     let mut call = Bridge::new(params, metrics, tools, driver, twilio_tx, model_tx);
     let result = call
-        .run_loop(&mut twilio_rx, &mut model_rx, &shutdown)
+        .run_loop(&mut twilio_rx, &mut model_rx, &mut reconnect, &shutdown)
         .await;
     let End(outcome, reason) = result;
-    if matches!(outcome, Outcome::Completed | Outcome::CallerGone) {
-        call.close_model(&mut model_rx).await;
+    if let (true, Some(rx)) = (
+        matches!(outcome, Outcome::Completed | Outcome::CallerGone),
+        model_rx.as_mut(),
+    ) {
+        call.close_model(rx).await;
     }
     // Tool calls still running have no call to answer any more.
     for batch in std::mem::take(&mut call.batches) {
@@ -175,9 +211,14 @@ where
         _ => close_code::NORMAL,
     };
     // Close both at once: an open model session costs money.
-    let model_close = call
-        .model_tx
-        .send(WsOut::Close(close_code::NORMAL, "call ended"));
+    let mut model_tx = call.model_tx.take();
+    let model_close = async {
+        if let Some(tx) = model_tx.as_mut() {
+            let _ = tx
+                .send(WsOut::Close(close_code::NORMAL, "call ended"))
+                .await;
+        }
+    };
     let twilio_close = call.twilio_tx.send(WsOut::Close(twilio_code, "call ended"));
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = futures_util::join!(model_close, twilio_close);
@@ -226,9 +267,32 @@ struct Batch {
     outputs: Vec<ToolOutput>,
 }
 
+/// The model's socket is gone and a new one is being opened.
+struct Away {
+    deadline: Instant,
+    backoff: Backoff,
+}
+
 struct Bridge<TS, MS> {
     p: CallParams,
     m: Metrics,
+    /// None while the model is away (reconnecting).
+    model_tx: Option<MS>,
+    /// Why the model's socket must be replaced (found while writing to it).
+    model_broken: Option<String>,
+    away: Option<Away>,
+    /// A rollover to a fresh session is connecting; the old one goes on.
+    rolling: bool,
+    /// Caller audio kept for the next session.
+    held: HeldAudio,
+    /// Model sessions opened for this call (reconnects and rollovers add).
+    sessions: u32,
+    session_started: Instant,
+    /// No rollover is tried before this (after a failed one).
+    rollover_after: Instant,
+    caller_speaking: bool,
+    last_model_audio: Option<Instant>,
+    last_twilio: Instant,
     tools: Arc<dyn ToolRunner>,
     /// Tool names declared to the model: the metric label for any other is
     /// `unknown`, so a model cannot grow the label set.
@@ -241,7 +305,6 @@ struct Bridge<TS, MS> {
     dtmf_keys: String,
     dtmf_due: Option<Instant>,
     twilio_tx: TS,
-    model_tx: MS,
     /// Client events the driver produced, sent in order (the Vec is reused).
     outbox: Vec<String>,
     running: FuturesUnordered<Running>,
@@ -278,7 +341,7 @@ struct Bridge<TS, MS> {
 impl<TS, MS, E1, E2> Bridge<TS, MS>
 where
     TS: Sink<WsOut, Error = E1> + Unpin,
-    MS: Sink<WsOut, Error = E2> + Unpin,
+    MS: Sink<WsOut, Error = E2> + Unpin + Send + 'static,
 {
     fn new(
         p: CallParams,
@@ -304,7 +367,17 @@ where
             tools,
             driver,
             twilio_tx,
-            model_tx,
+            model_tx: Some(model_tx),
+            model_broken: None,
+            away: None,
+            rolling: false,
+            held: HeldAudio::new(HELD_AUDIO_BYTES),
+            sessions: 1,
+            session_started: now,
+            rollover_after: now,
+            caller_speaking: false,
+            last_model_audio: None,
+            last_twilio: now,
             outbox: Vec::with_capacity(4),
             ending: None,
             dtmf_keys: String::new(),
@@ -334,10 +407,11 @@ where
         }
     }
 
-    async fn run_loop<TR, MR>(
+    async fn run_loop<TR, MR: Send + 'static>(
         &mut self,
         twilio_rx: &mut TR,
-        model_rx: &mut MR,
+        model_rx: &mut Option<MR>,
+        reconnect: &mut Option<Connector<MS, MR>>,
         shutdown: &CancellationToken,
     ) -> End
     where
@@ -353,39 +427,245 @@ where
                 return e;
             }
         }
+        let mut connecting: Option<Connecting<MS, MR>> = None;
         loop {
             let wake = self.playout.next_send_at(Instant::now());
             let timer = self.next_timer();
-            let step = tokio::select! {
+            let mut step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End(Outcome::Drained, None)),
                 msg = twilio_rx.next() => match msg {
                     None | Some(WsIn::Close(_)) => Err(End(Outcome::CallerGone, None)),
                     Some(WsIn::Binary(_)) => self.bad_twilio(Reject::Binary),
-                    Some(WsIn::Text(text)) => self.on_twilio(&text).await,
+                    Some(WsIn::Text(text)) => {
+                        self.last_twilio = Instant::now();
+                        self.on_twilio(&text).await
+                    }
                 },
-                msg = model_rx.next() => match msg {
-                    None => Err(end(Outcome::UpstreamFailed, "the model's socket ended")),
-                    Some(WsIn::Close(code)) => Err(end(
-                        Outcome::UpstreamFailed,
-                        format!("the model closed the socket (code {code:?})"),
-                    )),
+                msg = next_or_pending(model_rx) => match msg {
+                    None => self.broken("the model's socket ended"),
+                    Some(WsIn::Close(code)) => {
+                        self.broken(format!("the model closed the socket (code {code:?})"))
+                    }
                     Some(WsIn::Binary(_)) => {
                         self.m.rejected.inc(Source::Model, Reject::Binary);
                         Ok(())
                     }
                     Some(WsIn::Text(text)) => self.on_model(&text).await,
                 },
+                done = poll_or_pending(&mut connecting) => {
+                    connecting = None;
+                    self.connected(done, model_rx, reconnect, &mut connecting).await
+                }
                 _ = sleep_until_opt(wake) => self.pump().await,
                 Some(done) = self.running.next(), if !self.running.is_empty() => {
                     self.tool_finished(done).await
                 }
                 _ = sleep_until_opt(timer) => self.on_timer().await,
             };
+            if step.is_ok() {
+                if let Some(reason) = self.model_broken.take() {
+                    step = self.lost(reason, model_rx, reconnect, &mut connecting);
+                } else if connecting.is_none() && reconnect.is_some() && self.rollover_due() {
+                    self.start_rollover(reconnect, &mut connecting);
+                }
+            }
             if let Err(e) = step {
                 return e;
             }
         }
+    }
+
+    /// The model's socket cannot be used any more: noted, and dealt with
+    /// (reconnect, or end the call) once the current step is done.
+    fn broken(&mut self, why: impl Into<String>) -> Step {
+        if self.model_tx.is_some() {
+            self.model_broken = Some(why.into());
+        }
+        Ok(())
+    }
+
+    /// Starts (or goes on) reconnecting, within the budget; without a way
+    /// to reconnect the call ends as before.
+    fn lost<MR: Send + 'static>(
+        &mut self,
+        reason: String,
+        model_rx: &mut Option<MR>,
+        reconnect: &mut Option<Connector<MS, MR>>,
+        connecting: &mut Option<Connecting<MS, MR>>,
+    ) -> Step {
+        let Some(connect) = reconnect.as_mut() else {
+            return Err(end(Outcome::UpstreamFailed, reason));
+        };
+        tracing::warn!(call_sid = %self.p.context.call_sid, reason = %reason, "lost the model's session; reconnecting");
+        self.model_tx = None;
+        *model_rx = None;
+        self.rolling = false;
+        let now = Instant::now();
+        if self.away.is_none() {
+            let seed = self
+                .p
+                .context
+                .call_sid
+                .bytes()
+                .fold(now.elapsed().as_nanos() as u64, |h, b| {
+                    h.rotate_left(5) ^ u64::from(b)
+                });
+            self.away = Some(Away {
+                deadline: now + self.p.reconnect_budget,
+                backoff: Backoff::new(seed),
+            });
+            if let Some(filler) = self.p.reconnect_filler.clone() {
+                if !self.playout.push("reconnect_filler", &filler) {
+                    self.m.dropped_out_overflow.inc();
+                }
+            }
+        }
+        *connecting = self.attempt(connect);
+        Ok(())
+    }
+
+    /// The next connection attempt, after its backoff, bounded by what is
+    /// left of the budget.
+    fn attempt<MR: Send + 'static>(
+        &mut self,
+        connect: &mut Connector<MS, MR>,
+    ) -> Option<Connecting<MS, MR>> {
+        let away = self.away.as_mut()?;
+        let delay = away.backoff.next_delay();
+        let deadline = away.deadline;
+        let open = connect();
+        Some(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            match tokio::time::timeout_at(deadline, open).await {
+                Ok(result) => result,
+                Err(_) => Err("the reconnect budget ran out while connecting".to_owned()),
+            }
+        }))
+    }
+
+    /// A connection attempt finished: a new session replaces the old one
+    /// (seeded with the conversation so far), or the next attempt is
+    /// scheduled, or the budget is spent and the call ends.
+    async fn connected<MR: Send + 'static>(
+        &mut self,
+        done: Result<(MS, MR), String>,
+        model_rx: &mut Option<MR>,
+        reconnect: &mut Option<Connector<MS, MR>>,
+        connecting: &mut Option<Connecting<MS, MR>>,
+    ) -> Step
+    where
+        MR: Stream<Item = WsIn> + Unpin,
+    {
+        let rollover = self.rolling;
+        let now = Instant::now();
+        let (tx, rx) = match done {
+            Ok(pair) => pair,
+            Err(e) if rollover => {
+                self.rolling = false;
+                self.rollover_after = now + ROLLOVER_RETRY;
+                self.m.reconnect("rollover_failed");
+                tracing::warn!(call_sid = %self.p.context.call_sid, error = %e, "session rollover could not connect; the current session goes on");
+                return Ok(());
+            }
+            Err(e) => {
+                let Some(connect) = reconnect.as_mut() else {
+                    return Err(end(Outcome::UpstreamFailed, e));
+                };
+                if self.away.as_ref().is_none_or(|a| now >= a.deadline) {
+                    self.m.reconnect("failed");
+                    return Err(end(
+                        Outcome::UpstreamFailed,
+                        format!("could not reconnect to the model within the budget: {e}"),
+                    ));
+                }
+                tracing::debug!(call_sid = %self.p.context.call_sid, error = %e, "reconnect attempt failed");
+                *connecting = self.attempt(connect);
+                return Ok(());
+            }
+        };
+        if rollover {
+            // The old session ends now; a session close costs nothing to wait for.
+            let mut bye = Vec::new();
+            self.driver.close(&mut bye);
+            if let Some(old) = self.model_tx.as_mut() {
+                for msg in bye {
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, old.feed(WsOut::Text(msg))).await;
+                }
+                let _ = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    old.send(WsOut::Close(close_code::NORMAL, "session rollover")),
+                )
+                .await;
+            }
+        }
+        self.model_tx = Some(tx);
+        *model_rx = Some(rx);
+        self.rolling = false;
+        self.away = None;
+        self.sessions += 1;
+        self.session_started = now;
+        self.caller_speaking = false;
+        self.m.reconnect(if rollover { "rollover" } else { "ok" });
+        tracing::info!(call_sid = %self.p.context.call_sid, sessions = self.sessions, rollover, "new model session");
+        let history = self.transcript.clone();
+        self.driver.open(&history, &mut self.outbox);
+        self.flush_outbox().await?;
+        if self.driver.ready() {
+            self.flush_held().await?;
+        }
+        Ok(())
+    }
+
+    /// A session near the provider's limit is replaced at the first quiet
+    /// moment: no answer being generated or played, the caller not
+    /// speaking, no tool running, nothing ending.
+    fn rollover_due(&self) -> bool {
+        let now = Instant::now();
+        self.away.is_none()
+            && !self.rolling
+            && now >= self.rollover_after
+            && now.duration_since(self.session_started) >= self.p.max_session
+            && !self.driver.answering()
+            && !self.caller_speaking
+            && !self.playout.is_playing(now)
+            && self.running.is_empty()
+            && self.ending.is_none()
+            && self
+                .last_model_audio
+                .is_none_or(|at| now.duration_since(at) >= QUIET_FOR_ROLLOVER)
+    }
+
+    fn start_rollover<MR: Send + 'static>(
+        &mut self,
+        reconnect: &mut Option<Connector<MS, MR>>,
+        connecting: &mut Option<Connecting<MS, MR>>,
+    ) {
+        if let Some(connect) = reconnect.as_mut() {
+            tracing::info!(call_sid = %self.p.context.call_sid, "rolling the model session over");
+            self.rolling = true;
+            let deadline = Instant::now() + self.p.reconnect_budget;
+            let open = connect();
+            *connecting = Some(Box::pin(async move {
+                match tokio::time::timeout_at(deadline, open).await {
+                    Ok(result) => result,
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            }));
+        }
+    }
+
+    /// Sends the caller audio kept while the model was away.
+    async fn flush_held(&mut self) -> Step {
+        for frame in self.held.take_frames(TWILIO_FRAME_BYTES) {
+            let audio = self.inbound.transcode(&frame);
+            let mut msg = String::new();
+            self.driver.append_audio(audio, &mut msg);
+            self.send_model(msg).await?;
+            self.frames_in += 1;
+            self.m.frames_in.inc();
+        }
+        Ok(())
     }
 
     async fn send_twilio(&mut self, msg: String) -> Step {
@@ -416,16 +696,19 @@ where
         }
     }
 
+    /// Writes to the model; a failed or stalled write marks the socket
+    /// broken (reconnected, or the call ends). While the model is away the
+    /// message is dropped: a new session starts from the transcript.
     async fn send_model(&mut self, msg: String) -> Step {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.model_tx.send(WsOut::Text(msg))).await {
+        let Some(tx) = self.model_tx.as_mut() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, tx.send(WsOut::Text(msg))).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(end(
-                Outcome::UpstreamFailed,
-                "cannot write to the model's socket",
-            )),
+            Ok(Err(_)) => self.broken("cannot write to the model's socket"),
             Err(_) => {
                 self.m.error("model_write_timeout");
-                Err(end(Outcome::UpstreamFailed, "the model stopped reading"))
+                self.broken("the model stopped reading")
             }
         }
     }
@@ -598,20 +881,61 @@ where
     /// timing out, or an ending to check.
     fn next_timer(&self) -> Option<Instant> {
         let ending = self.ending.as_ref().and_then(|e| {
-            let quiet = e.last_audio.map(|at| at + LAST_WORDS_QUIET);
+            // Once quiet, the marks (or the deadline) say when it was heard:
+            // a time in the past would only spin the loop.
+            let now = Instant::now();
+            let quiet = e
+                .last_audio
+                .map(|at| at + LAST_WORDS_QUIET)
+                .filter(|q| *q > now);
             match (quiet, e.deadline) {
                 (Some(q), Some(d)) => Some(q.min(d)),
                 (q, d) => q.or(d),
             }
         });
-        match (self.dtmf_due, ending) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let mut at = self.last_twilio + self.p.idle_timeout;
+        at = at.min(self.started + self.p.max_call);
+        if let Some(away) = &self.away {
+            at = at.min(away.deadline);
         }
+        if !self.rolling && self.away.is_none() {
+            // Wake to look for a quiet moment once a rollover is due.
+            let due = (self.session_started + self.p.max_session).max(self.rollover_after);
+            let now = Instant::now();
+            at = at.min(if due > now {
+                due
+            } else {
+                now + Duration::from_millis(250)
+            });
+        }
+        [self.dtmf_due, ending]
+            .into_iter()
+            .flatten()
+            .fold(Some(at), |a, b| a.map(|a| a.min(b)))
     }
 
     async fn on_timer(&mut self) -> Step {
         let now = Instant::now();
+        if now >= self.last_twilio + self.p.idle_timeout {
+            self.m.error("twilio_idle");
+            return Err(end(
+                Outcome::IdleTimeout,
+                format!("nothing from Twilio for {:?}", self.p.idle_timeout),
+            ));
+        }
+        if self.away.as_ref().is_some_and(|a| now >= a.deadline) {
+            self.m.reconnect("failed");
+            return Err(end(
+                Outcome::UpstreamFailed,
+                "could not reconnect to the model within the budget",
+            ));
+        }
+        if now >= self.started + self.p.max_call {
+            return Err(end(
+                Outcome::MaxDuration,
+                format!("the call reached max_call_secs ({:?})", self.p.max_call),
+            ));
+        }
         if self.dtmf_due.is_some_and(|due| due <= now) {
             self.flush_dtmf().await?;
         }
@@ -793,8 +1117,20 @@ where
                 {
                     return self.bad_twilio(Reject::BadBase64);
                 }
+                if self.model_tx.is_none() || (self.sessions > 1 && !self.driver.ready()) {
+                    // The model is away or its new session not ready yet:
+                    // keep the newest audio for it.
+                    let dropped = self.held.push(&self.ulaw_in);
+                    if dropped > 0 {
+                        self.m
+                            .dropped_in_reconnect
+                            .inc_by(dropped.div_ceil(TWILIO_FRAME_BYTES) as u64);
+                    }
+                    return Ok(());
+                }
                 if !self.driver.ready() {
-                    // The session is not configured yet: never burst old audio at it.
+                    // The first session is not configured yet: never burst
+                    // old audio at it.
                     self.m.dropped_in_not_ready.inc();
                     return Ok(());
                 }
@@ -854,6 +1190,7 @@ where
                         return Ok(());
                     }
                 }
+                self.last_model_audio = Some(received);
                 if let Some(ending) = self.ending.as_mut().filter(|e| e.answered_at.is_some()) {
                     ending.last_audio = Some(received);
                 }
@@ -871,15 +1208,20 @@ where
                 self.pump().await?;
             }
             ModelEvent::CallerStarted => {
+                self.caller_speaking = true;
                 if self.driver.talk_over() == TalkOver::Interrupt {
                     self.barge_in(received).await?;
                 }
             }
             ModelEvent::CallerStopped => {
+                self.caller_speaking = false;
                 self.turns += 1;
                 self.speech_stopped_at = Some(received);
             }
-            ModelEvent::Ready => self.greet().await?,
+            ModelEvent::Ready => {
+                self.flush_held().await?;
+                self.greet().await?;
+            }
             ModelEvent::AnswerDone {
                 tool_calls,
                 usage,
@@ -912,7 +1254,10 @@ where
             }
             ModelEvent::Closed { usage } => {
                 self.count_usage(usage);
-                return Err(end(Outcome::UpstreamFailed, "the model ended the session"));
+                self.broken("the model ended the session")?;
+            }
+            ModelEvent::Lost { reason } => {
+                self.broken(format!("the model's session ended: {reason}"))?;
             }
             ModelEvent::None => {}
         }
@@ -1002,6 +1347,22 @@ where
                     .observe_duration(now.duration_since(self.started));
             }
         }
+    }
+}
+
+/// The next message of the model's socket; never, while there is none.
+async fn next_or_pending<MR: Stream<Item = WsIn> + Unpin>(rx: &mut Option<MR>) -> Option<WsIn> {
+    match rx.as_mut() {
+        Some(rx) => rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The pending connection attempt's result; never, while there is none.
+async fn poll_or_pending<T>(fut: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+    match fut.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 

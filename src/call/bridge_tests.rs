@@ -53,6 +53,7 @@ fn start_with(config: &Config, tools: Arc<dyn ToolRunner>) -> Harness {
         driver: driver_for(SessionSpec::from_config(config, tools.specs())),
         tx: PollSender::new(fm_tx),
         rx: stream_of(tm_rx),
+        reconnect: None,
     };
     let task = tokio::spawn(run(
         params,
@@ -438,6 +439,7 @@ async fn drain_signal_closes_with_going_away() {
         driver: driver_for(SessionSpec::from_config(&Config::default(), Vec::new())),
         tx: PollSender::new(fm_tx),
         rx: stream_of(tm_rx),
+        reconnect: None,
     };
     let task = tokio::spawn(run(
         params,
@@ -653,4 +655,275 @@ async fn late_tool_results_are_dropped_and_made_up_names_bounded() {
     assert_eq!(h.metrics.tool_calls("unknown", "ok"), 1);
     assert_eq!(h.metrics.tool_calls("rm_rf", "ok"), 0);
     drain(&mut h.from_bridge_model);
+}
+
+/// The test's ends of one model session: what to send the bridge as the
+/// model, and what the bridge sent it.
+type Session = (mpsc::Sender<WsIn>, mpsc::Receiver<WsOut>);
+
+struct Reconnecting {
+    h: Harness,
+    /// Every new session the bridge opened.
+    sessions: mpsc::UnboundedReceiver<Session>,
+    /// Scripted outcomes of connection attempts (true: accept); empty: accept.
+    script: Arc<std::sync::Mutex<std::collections::VecDeque<bool>>>,
+    attempts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A call whose model socket can be reopened, with `tweak` on its params.
+fn start_reconnecting(tweak: impl FnOnce(&mut CallParams)) -> Reconnecting {
+    let (tt_tx, tt_rx) = mpsc::channel(1024);
+    let (tm_tx, tm_rx) = mpsc::channel(1024);
+    let (ft_tx, ft_rx) = mpsc::channel(4096);
+    let (fm_tx, fm_rx) = mpsc::channel(4096);
+    let metrics = Metrics::new();
+    let mut params = CallParams::new("CA1", SID, AudioMode::Pcmu);
+    tweak(&mut params);
+    let (sessions_tx, sessions) = mpsc::unbounded_channel();
+    let script: Arc<std::sync::Mutex<std::collections::VecDeque<bool>>> = Default::default();
+    let attempts: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let (s2, a2) = (script.clone(), attempts.clone());
+    let connector: Connector<_, _> = Box::new(move || {
+        a2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let accept = s2.lock().unwrap().pop_front().unwrap_or(true);
+        let sessions_tx = sessions_tx.clone();
+        Box::pin(async move {
+            if !accept {
+                return Err("connection refused".to_owned());
+            }
+            let (to_bridge, rx) = mpsc::channel(1024);
+            let (tx, from_bridge) = mpsc::channel(4096);
+            let _ = sessions_tx.send((to_bridge, from_bridge));
+            Ok((PollSender::new(tx), stream_of(rx)))
+        }) as Connecting<_, _>
+    });
+    let mut config = Config::default();
+    config.audio.mode = AudioMode::Pcmu;
+    let model = Model {
+        driver: driver_for(SessionSpec::from_config(&config, Vec::new())),
+        tx: PollSender::new(fm_tx),
+        rx: stream_of(tm_rx),
+        reconnect: Some(connector),
+    };
+    let task = tokio::spawn(run(
+        params,
+        metrics.clone(),
+        Arc::new(NoTools),
+        PollSender::new(ft_tx),
+        stream_of(tt_rx),
+        model,
+        CancellationToken::new(),
+    ));
+    Reconnecting {
+        h: Harness {
+            to_bridge_twilio: tt_tx,
+            to_bridge_model: tm_tx,
+            from_bridge_twilio: ft_rx,
+            from_bridge_model: fm_rx,
+            task,
+            metrics,
+        },
+        sessions,
+        script,
+        attempts,
+    }
+}
+
+fn types_of(events: &[Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["type"].as_str()).collect()
+}
+
+/// The socket drops mid-call: the caller stays connected, a new session
+/// is configured and told the conversation so far, and what the caller
+/// said meanwhile reaches it first.
+#[tokio::test(start_paused = true)]
+async fn a_lost_model_socket_is_reconnected_and_the_conversation_replayed() {
+    let mut r = start_reconnecting(|_| {});
+    r.script.lock().unwrap().push_back(false); // the first attempt fails
+    settle().await;
+    let m = r.h.to_bridge_model.clone();
+    m.send(text(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"in1","content_index":0,"transcript":"Where is my order?"})))
+        .await
+        .unwrap();
+    m.send(text(json!({"type":"response.output_audio_transcript.done","item_id":"out1","response_id":"r1","output_index":0,"content_index":0,"transcript":"It shipped."})))
+        .await
+        .unwrap();
+    settle().await;
+    drop(m);
+    drop(std::mem::replace(
+        &mut r.h.to_bridge_model,
+        mpsc::channel(1).0,
+    ));
+    settle().await;
+    // While away: the caller keeps talking.
+    for seq in 2..12 {
+        r.h.to_bridge_twilio.send(media_frame(seq)).await.unwrap();
+    }
+    settle().await;
+    assert!(r.sessions.try_recv().is_err(), "the first attempt failed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    let (_to_new, mut from_new) = r.sessions.try_recv().expect("reconnected");
+    let sent = drain(&mut from_new);
+    assert_eq!(
+        &types_of(&sent)[..3],
+        [
+            "session.update",
+            "conversation.item.create",
+            "conversation.item.create"
+        ]
+    );
+    assert_eq!(sent[1]["item"]["content"][0]["text"], "Where is my order?");
+    assert_eq!(sent[1]["item"]["role"], "user");
+    assert_eq!(sent[2]["item"]["content"][0]["type"], "output_text");
+    assert_eq!(sent[2]["item"]["content"][0]["text"], "It shipped.");
+    // The held audio (10 frames) follows, then live audio flows again.
+    assert_eq!(types_of(&sent[3..]), ["input_audio_buffer.append"; 10]);
+    r.h.to_bridge_twilio.send(media_frame(12)).await.unwrap();
+    settle().await;
+    assert_eq!(
+        types_of(&drain(&mut from_new)),
+        ["input_audio_buffer.append"]
+    );
+    assert_eq!(r.h.metrics.reconnects("ok"), 1);
+    assert_eq!(r.attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The caller heard no close.
+    assert!(!drain(&mut r.h.from_bridge_twilio)
+        .iter()
+        .any(|e| e.get("close").is_some()));
+}
+
+/// Every attempt fails: the call ends cleanly once the budget is spent.
+#[tokio::test(start_paused = true)]
+async fn a_spent_reconnect_budget_ends_the_call_cleanly() {
+    let mut r = start_reconnecting(|p| p.reconnect_budget = Duration::from_secs(3));
+    r.script.lock().unwrap().extend([false; 100]);
+    settle().await;
+    drop(std::mem::replace(
+        &mut r.h.to_bridge_model,
+        mpsc::channel(1).0,
+    ));
+    // Keep the Twilio leg alive while the model is away.
+    for seq in 2..200u64 {
+        if r.h.task.is_finished() {
+            break;
+        }
+        let _ = r.h.to_bridge_twilio.send(media_frame(seq)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let summary = r.h.task.await.unwrap();
+    assert_eq!(summary.outcome, Outcome::UpstreamFailed);
+    assert_eq!(r.h.metrics.reconnects("failed"), 1);
+    let attempts = r.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((3..=10).contains(&attempts), "{attempts} attempts in 3 s");
+    // More than 2 s of audio arrived while away: the oldest was dropped, counted.
+    assert!(r.h.metrics.dropped_in_reconnect.get() > 0);
+    assert!(drain(&mut r.h.from_bridge_twilio).contains(&json!({"close": 1000})));
+}
+
+/// Errors a new socket cannot fix end the call at once, without retrying.
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_are_not_retried() {
+    let r = start_reconnecting(|_| {});
+    settle().await;
+    r.h.to_bridge_model
+        .send(text(json!({"type":"error","error":{"type":"insufficient_quota","code":"insufficient_quota","message":"no"}})))
+        .await
+        .unwrap();
+    let summary = r.h.task.await.unwrap();
+    assert_eq!(summary.outcome, Outcome::UpstreamFailed);
+    assert_eq!(r.attempts.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// An expired session is replaced like a lost socket.
+#[tokio::test(start_paused = true)]
+async fn an_expired_session_is_replaced() {
+    let mut r = start_reconnecting(|_| {});
+    settle().await;
+    r.h.to_bridge_model
+        .send(text(json!({"type":"error","error":{"type":"invalid_request_error","code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}})))
+        .await
+        .unwrap();
+    settle().await;
+    let (_to_new, mut from_new) = r.sessions.try_recv().expect("a new session");
+    assert_eq!(types_of(&drain(&mut from_new)), ["session.update"]);
+    assert_eq!(r.h.metrics.reconnects("ok"), 1);
+}
+
+/// Before the provider's limit, at a quiet moment, the session is rolled
+/// over: a fresh one is configured with the conversation, the old one is
+/// closed, and the caller's audio goes to the new one.
+#[tokio::test(start_paused = true)]
+async fn the_session_rolls_over_at_a_quiet_moment() {
+    let mut r = start_reconnecting(|p| p.max_session = Duration::from_secs(5));
+    settle().await;
+    r.h.to_bridge_model
+        .send(text(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"in1","content_index":0,"transcript":"Hello"})))
+        .await
+        .unwrap();
+    // The caller is speaking when the limit comes: no rollover yet.
+    r.h.to_bridge_model
+        .send(text(
+            json!({"type":"input_audio_buffer.speech_started","audio_start_ms":1,"item_id":"in2"}),
+        ))
+        .await
+        .unwrap();
+    for seq in 2..300u64 {
+        r.h.to_bridge_twilio.send(media_frame(seq)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        r.sessions.try_recv().is_err(),
+        "no rollover while the caller speaks"
+    );
+    r.h.to_bridge_model
+        .send(text(
+            json!({"type":"input_audio_buffer.speech_stopped","audio_end_ms":6000,"item_id":"in2"}),
+        ))
+        .await
+        .unwrap();
+    for seq in 300..400u64 {
+        r.h.to_bridge_twilio.send(media_frame(seq)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_to_new, mut from_new) = r.sessions.try_recv().expect("rolled over");
+    let sent = drain(&mut from_new);
+    assert_eq!(
+        &types_of(&sent)[..2],
+        ["session.update", "conversation.item.create"]
+    );
+    assert!(types_of(&sent[2..])
+        .iter()
+        .all(|t| *t == "input_audio_buffer.append"));
+    assert!(
+        sent.len() > 10,
+        "the caller's audio goes to the new session"
+    );
+    let old = drain(&mut r.h.from_bridge_model);
+    assert!(
+        old.contains(&json!({"close": 1000})),
+        "the old session was closed"
+    );
+    assert_eq!(r.h.metrics.reconnects("rollover"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_twilio_leg_and_an_endless_call_are_ended() {
+    let r = start_reconnecting(|p| p.idle_timeout = Duration::from_secs(15));
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let summary = r.h.task.await.unwrap();
+    assert_eq!(summary.outcome, Outcome::IdleTimeout);
+
+    let r = start_reconnecting(|p| p.max_call = Duration::from_secs(60));
+    settle().await;
+    for seq in 2..4000u64 {
+        if r.h.task.is_finished() {
+            break;
+        }
+        let _ = r.h.to_bridge_twilio.send(media_frame(seq)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let summary = r.h.task.await.unwrap();
+    assert_eq!(summary.outcome, Outcome::MaxDuration);
 }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod handshake;
 pub mod http_tools;
 pub mod playout;
+pub mod reconnect;
 pub mod tools;
 
 pub use crate::ws::{close_code, WsIn, WsOut};

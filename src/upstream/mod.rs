@@ -177,6 +177,11 @@ pub enum ModelEvent<'a> {
     Closed {
         usage: Usage,
     },
+    /// The session ended on the model's side but a new one can go on with
+    /// the call (it expired, say): the core reconnects.
+    Lost {
+        reason: String,
+    },
 }
 
 /// The model sent a frame that is not a valid event.

@@ -93,6 +93,10 @@ impl Driver for RealtimeDriver {
     }
 
     fn open(&mut self, history: &[Turn], out: &mut Vec<String>) {
+        // A new session: nothing of the old one's state applies.
+        self.active_response = None;
+        self.calls.clear();
+        self.owed = Owed::Nothing;
         out.push(session::session_update(&self.spec).to_string());
         let beta = self.spec.dialect == Dialect::Beta;
         for turn in history {
@@ -194,6 +198,9 @@ impl Driver for RealtimeDriver {
                 if err.is_benign() {
                     tracing::debug!(code = %code, "benign realtime error");
                     ModelEvent::None
+                } else if code == "session_expired" {
+                    // The provider's session limit: a new session goes on.
+                    ModelEvent::Lost { reason: code }
                 } else if err.is_fatal() {
                     ModelEvent::Fatal { code, message }
                 } else {
