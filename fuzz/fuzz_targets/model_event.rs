@@ -5,6 +5,10 @@ use callbridge::config::{Config, Dialect};
 use callbridge::upstream::{driver_for, SessionSpec};
 use libfuzzer_sys::fuzz_target;
 
+// Peer-supplied arithmetic must be checked: these targets only build with
+// debug assertions and overflow checks on (fuzz/Cargo.toml, scripts/fuzz).
+const _: () = assert!(cfg!(debug_assertions), "build fuzz targets with -a");
+
 fuzz_target!(|data: &[u8]| {
     for dialect in [Dialect::Ga, Dialect::Beta, Dialect::Live] {
         let mut config = Config::default();

@@ -4,8 +4,14 @@
 use callbridge::audio::{AudioMode, InboundTranscoder, OutboundTranscoder};
 use libfuzzer_sys::fuzz_target;
 
+// Peer-supplied arithmetic must be checked: these targets only build with
+// debug assertions and overflow checks on (fuzz/Cargo.toml, scripts/fuzz).
+const _: () = assert!(cfg!(debug_assertions), "build fuzz targets with -a");
+
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let cut = (split as usize).min(rest.len());
     for mode in [AudioMode::Pcm16, AudioMode::Pcmu] {
         let mut inbound = InboundTranscoder::new(mode);

@@ -3,6 +3,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
+// Peer-supplied arithmetic must be checked: these targets only build with
+// debug assertions and overflow checks on (fuzz/Cargo.toml, scripts/fuzz).
+const _: () = assert!(cfg!(debug_assertions), "build fuzz targets with -a");
+
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(msg) = callbridge::twilio::messages::parse_inbound(text) {

@@ -2,25 +2,34 @@
 //!
 //! Both directions are table lookups so the per-sample cost is one load: the
 //! bridge runs this on every sample of every call. The tables are computed at
-//! compile time from the classic reference algorithm (Sun Microsystems'
-//! `g711.c`: bias 0x84, clip 32635), and the unit tests check them against an
-//! independent segment-search implementation for every input.
+//! compile time and follow the ITU-T G.191 software tool library (the G.711
+//! reference implementation, `ulaw_compress` / `ulaw_expand`).
+//!
+//! The encoder differs from the widely copied Sun Microsystems `g711.c`
+//! (`linear2ulaw`) for negative samples: G.191 takes the one's complement
+//! (`!x`, i.e. `-x - 1`) as the magnitude where Sun takes `-x`. The two
+//! disagree at exactly 127 inputs, the negative samples whose magnitude sits
+//! on a decision threshold: `x = 132 - ((16 + k) << (s + 3))` for every
+//! segment `s` in 0..8 and step `k` in 0..16 except `(0, 0)`, i.e. −4, −12,
+//! −20, …, −31612. There Sun's code is one step further from zero than
+//! G.191's; every other input, and all of decoding, is identical. The unit
+//! tests compute G.191 independently and prove both claims for every input.
+//!
+//! The one's complement makes the encoder depend only on `x >> 2` (the 14-bit
+//! sample G.711 specifies: `!x >> 2 == !(x >> 2)`), so the encode table has
+//! 16,384 entries, indexed by the sample's top 14 bits.
 
-/// The bias the reference adds to the magnitude so that every segment starts
-/// on a power of two, which makes the segment number a leading-zero count.
+/// The bias of the μ-law segments in 16-bit units (33 in G.191's 14-bit
+/// units): it makes every segment start on a power of two.
 const BIAS: i32 = 0x84;
-/// Largest magnitude that still fits in the top segment once biased (32635 + 0x84 = 0x7FFF).
-const CLIP: i32 = 32635;
 
-/// μ-law code → linear sample, per the reference `ulaw2linear`.
+/// μ-law code → linear sample, per G.191 `ulaw_expand` (identical to Sun's
+/// `ulaw2linear`).
 static DECODE: [i16; 256] = build_decode();
 
-/// Linear sample (indexed by its bit pattern as `u16`) → μ-law code.
-///
-/// 64 KiB instead of a smaller `sample >> 2` table because the reference
-/// works on the full 16-bit magnitude: negative samples that share `x >> 2`
-/// can still encode differently, and bit-exactness is the requirement.
-static ENCODE: [u8; 65536] = build_encode();
+/// The sample's top 14 bits (its bit pattern as `u16`, shifted right by 2)
+/// → μ-law code.
+static ENCODE: [u8; 16384] = build_encode();
 
 const fn decode_reference(code: u8) -> i16 {
     let u = !code;
@@ -30,21 +39,24 @@ const fn decode_reference(code: u8) -> i16 {
     value as i16
 }
 
-/// The reference encoder, with the segment found by counting leading zeros
-/// rather than by table search (same result; cheaper for the compile-time
-/// evaluator, which builds 65,536 entries).
+/// G.191 `ulaw_compress` for one sample, with the segment found by counting
+/// leading zeros rather than by G.191's shift loop (same result; cheaper for
+/// the compile-time evaluator).
 const fn encode_reference(sample: i16) -> u8 {
-    let (magnitude, mask) = if sample < 0 {
-        (-(sample as i32), 0x7F_u8)
+    // 14-bit magnitude: one's complement for negative samples, as G.191 does.
+    let (magnitude, sign) = if sample < 0 {
+        ((!sample) >> 2, 0x00_u8)
     } else {
-        (sample as i32, 0xFF_u8)
+        (sample >> 2, 0x80_u8)
     };
-    let magnitude = if magnitude > CLIP { CLIP } else { magnitude };
-    let biased = (magnitude + BIAS) as u32; // 0x84..=0x7FFF
-                                            // Segment s covers biased values in [0x80 << s, 0x100 << s).
-    let segment = (31 - biased.leading_zeros()) - 7;
-    let mantissa = (biased >> (segment + 3)) & 0x0F;
-    ((segment << 4) as u8 | mantissa as u8) ^ mask
+    let mut biased = magnitude as u32 + (BIAS as u32 >> 2); // 33..=8224
+    if biased > 0x1FFF {
+        biased = 0x1FFF;
+    }
+    // Segment s covers biased values in [0x20 << s, 0x40 << s).
+    let segment = (31 - biased.leading_zeros()) - 5;
+    let mantissa = (biased >> (segment + 1)) & 0x0F;
+    (((segment << 4) as u8 | mantissa as u8) ^ 0x7F) | sign
 }
 
 const fn build_decode() -> [i16; 256] {
@@ -57,12 +69,13 @@ const fn build_decode() -> [i16; 256] {
     table
 }
 
-const fn build_encode() -> [u8; 65536] {
-    let mut table = [0u8; 65536];
-    let mut bits = 0;
-    while bits < 65536 {
-        table[bits] = encode_reference(bits as u16 as i16);
-        bits += 1;
+const fn build_encode() -> [u8; 16384] {
+    let mut table = [0u8; 16384];
+    let mut index = 0;
+    while index < 16384 {
+        // The smallest sample with these top 14 bits stands for all four.
+        table[index] = encode_reference((index << 2) as u16 as i16);
+        index += 1;
     }
     table
 }
@@ -76,7 +89,7 @@ pub fn decode(code: u8) -> i16 {
 /// Encodes one linear 16-bit sample to μ-law.
 #[inline]
 pub fn encode(sample: i16) -> u8 {
-    ENCODE[sample as u16 as usize]
+    ENCODE[(sample as u16 >> 2) as usize]
 }
 
 /// Appends the decoded samples to `out`, so callers can reuse one buffer per call.
@@ -93,9 +106,52 @@ pub fn encode_into(samples: &[i16], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    /// Sun `g711.c` `linear2ulaw`, written the classic way (segment search
-    /// over `seg_end`) and independently of the table builder above.
-    fn linear2ulaw(pcm: i16) -> u8 {
+    /// ITU-T G.191 `ulaw_compress`, written from its description and
+    /// independently of the table builder above: the 16-bit sample is taken
+    /// as 14 bits (`>> 2`), negative samples by their one's complement, 33
+    /// added, clipped to 0x1FFF, the segment found by shifting, and the code
+    /// assembled from the inverted segment and mantissa nibbles.
+    fn ulaw_compress(linear: i16) -> u8 {
+        let x = i32::from(linear);
+        let mut absno = if x < 0 {
+            ((!x) >> 2) + 33
+        } else {
+            (x >> 2) + 33
+        };
+        if absno > 0x1FFF {
+            absno = 0x1FFF;
+        }
+        let mut i = absno >> 6;
+        let mut segno = 1;
+        while i != 0 {
+            segno += 1;
+            i >>= 1;
+        }
+        let high_nibble = 0x08 - segno;
+        let low_nibble = 0x0F - ((absno >> segno) & 0x0F);
+        let mut log = (high_nibble << 4) | low_nibble;
+        if x >= 0 {
+            log |= 0x80;
+        }
+        log as u8
+    }
+
+    /// ITU-T G.191 `ulaw_expand`: sign from bit 7, exponent and mantissa
+    /// from the complemented code, half a quantization step added, the bias
+    /// (4 × 33) removed.
+    fn ulaw_expand(log: u8) -> i16 {
+        let sign = if log < 0x80 { -1 } else { 1 };
+        let complement = i32::from(!log);
+        let exponent = (complement >> 4) & 0x07;
+        let segment = exponent + 1;
+        let mantissa = complement & 0x0F;
+        let step = 4 << segment;
+        (sign * ((0x80 << exponent) + step * mantissa + step / 2 - 4 * 33)) as i16
+    }
+
+    /// Sun `g711.c` `linear2ulaw` (magnitude `-x`, bias 0x84, clip 32635),
+    /// kept to pin down exactly where G.191 differs from it.
+    fn sun_linear2ulaw(pcm: i16) -> u8 {
         const SEG_END: [i32; 8] = [0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF, 0x3FFF, 0x7FFF];
         let mut pcm_val = i32::from(pcm);
         let mask: i32;
@@ -120,32 +176,62 @@ mod tests {
         (uval ^ mask) as u8
     }
 
-    /// Sun `g711.c` `ulaw2linear`.
-    fn ulaw2linear(u_val: u8) -> i16 {
-        let u = i32::from(!u_val);
-        let mut t = ((u & 0x0F) << 3) + 0x84;
-        t <<= (u & 0x70) >> 4;
-        (if u & 0x80 != 0 { 0x84 - t } else { t - 0x84 }) as i16
-    }
-
     #[test]
-    fn encode_is_bit_exact_for_every_sample() {
+    fn encode_matches_g191_for_every_sample() {
         for s in i16::MIN..=i16::MAX {
-            assert_eq!(encode(s), linear2ulaw(s), "sample {s}");
+            assert_eq!(encode(s), ulaw_compress(s), "sample {s}");
         }
     }
 
     #[test]
-    fn decode_is_bit_exact_for_every_code() {
+    fn decode_matches_g191_for_every_code() {
         for c in 0..=255u8 {
-            assert_eq!(decode(c), ulaw2linear(c), "code {c:#04x}");
+            assert_eq!(decode(c), ulaw_expand(c), "code {c:#04x}");
+        }
+    }
+
+    #[test]
+    fn differs_from_sun_exactly_at_the_127_negative_thresholds() {
+        let differing: Vec<i16> = (i16::MIN..=i16::MAX)
+            .filter(|&s| encode(s) != sun_linear2ulaw(s))
+            .collect();
+        // Every decision threshold of the biased magnitude, (16 + k) << (s + 3),
+        // but the first (0x80, below any biased value), as a negative sample.
+        let mut thresholds: Vec<i16> = (0..8)
+            .flat_map(|seg: i32| (0..16).map(move |k: i32| (16 + k) << (seg + 3)))
+            .filter(|&b| b != 0x80)
+            .map(|b| (0x84 - b) as i16)
+            .collect();
+        thresholds.sort_unstable();
+        assert_eq!(differing, thresholds);
+        assert_eq!(differing.len(), 127);
+        assert_eq!((differing[0], differing[126]), (-31612, -4));
+        for &s in &differing {
+            // Sun rounds the threshold away from zero: one code step louder.
+            assert_eq!(sun_linear2ulaw(s), encode(s) - 1, "sample {s}");
+            assert!(decode(sun_linear2ulaw(s)) < decode(encode(s)), "sample {s}");
+        }
+    }
+
+    #[test]
+    fn symmetric_about_minus_one_half() {
+        // The one's complement makes x and -x-1 differ only in the sign bit.
+        for x in 0..=i16::MAX {
+            assert_eq!(encode(x) ^ 0x80, encode(-x - 1), "sample {x}");
         }
     }
 
     #[test]
     fn known_values() {
+        // G.191 encodes zero as positive zero (0xFF), and -1..=-4 as
+        // negative zero (0x7F); both decode to 0.
         assert_eq!(encode(0), 0xFF);
+        assert_eq!(encode(3), 0xFF);
+        assert_eq!(encode(4), 0xFE);
         assert_eq!(encode(-1), 0x7F);
+        assert_eq!(encode(-4), 0x7F);
+        assert_eq!(sun_linear2ulaw(-4), 0x7E);
+        assert_eq!(encode(-5), 0x7E);
         assert_eq!(encode(i16::MAX), 0x80);
         assert_eq!(encode(i16::MIN), 0x00);
         assert_eq!(decode(0xFF), 0);
@@ -158,9 +244,10 @@ mod tests {
     fn decoded_values_re_encode_to_themselves() {
         for c in 0..=255u8 {
             let back = encode(decode(c));
-            // 0x7F (negative zero) decodes to 0, which encodes as 0xFF.
+            // 0x7F (negative zero) decodes to 0, which G.191 encodes as 0xFF.
             if c == 0x7F {
                 assert_eq!(back, 0xFF);
+                assert_eq!(ulaw_compress(ulaw_expand(c)), 0xFF);
             } else {
                 assert_eq!(back, c, "code {c:#04x}");
             }
