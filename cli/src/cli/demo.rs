@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use callbridge::audio::AudioMode;
 use callbridge::config::Dialect;
-use callbridge_sim::demo::run;
+use callbridge_sim::demo::{run, tool_arguments, GOODBYE_WINDOW};
+use callbridge_sim::tool_server::LOOKUP_ORDER;
 
 /// `callbridge demo`.
 #[derive(Debug, clap::Args)]
@@ -22,7 +23,8 @@ pub struct DemoArgs {
     /// `azure-live` (GPT-Live). The local peer speaks whichever is chosen.
     #[arg(long, default_value = "ga", value_parser = parse_dialect)]
     pub dialect: Dialect,
-    /// Talk over the answer once this many ms of it have been heard.
+    /// Talk over the echo of the caller's request once this many ms of it
+    /// have been heard.
     #[arg(long, default_value_t = 1500, value_name = "MS")]
     pub barge_in_after: u64,
 }
@@ -42,8 +44,9 @@ fn parse_dialect(s: &str) -> Result<Dialect, String> {
 
 /// The CLI: narrates the call, prints the report, writes the WAV. Exits
 /// non-zero if the call did not go as a demo call must (a turn, a barge-in
-/// answered by `clear`, no errors), so the README's first command cannot
-/// pass silently when something is broken.
+/// answered by `clear`, the tool round trip, the assistant ending the call
+/// after its goodbye, no errors), so the README's first command cannot pass
+/// silently when something is broken.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -55,13 +58,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "Realtime"
     };
     eprintln!(
-        "callbridge demo: bridge + local {protocol} peer + simulated caller on 127.0.0.1 ({} dialect, {} mode)",
+        "callbridge demo: bridge + local {protocol} peer + tool endpoint + simulated caller on 127.0.0.1 ({} dialect, {} mode)",
         args.dialect, args.mode
     );
     eprintln!(
-        "(the local peer is a test tool, not a model: it answers by echoing your words back)"
+        "(the local peer is a test tool, not a model: it echoes your words back, calls {LOOKUP_ORDER} after your first words, and says goodbye and calls end_call on your third turn)"
     );
-    let (report, side) = runtime.block_on(async {
+    let demo = runtime.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let narrator = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
@@ -78,6 +81,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let _ = narrator.await;
         result
     })?;
+    let (report, side) = (&demo.call, &demo.bridge);
     report
         .write_stereo_wav(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
@@ -86,6 +90,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             || "-".to_owned(),
             |d| format!("{:.3} ms", d.as_secs_f64() * 1e3),
         )
+    };
+    let secs = |d: Option<Duration>| {
+        d.map_or_else(|| "-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
     };
     println!("{report}");
     println!("bridge side");
@@ -109,6 +116,53 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             "  turn latency      {} (bridge-side: the model's speech_stopped -> first answer audio sent; the caller-side figure above adds the network and the model's VAD)",
             ms(side.turn_latency)
         );
+    }
+    println!("the assistant acting");
+    let outcome = if side.tool_calls_ok > 0 && side.tool_calls_failed == 0 {
+        "ok".to_owned()
+    } else {
+        format!(
+            "{} ok, {} failed",
+            side.tool_calls_ok, side.tool_calls_failed
+        )
+    };
+    println!(
+        "  tool call         {LOOKUP_ORDER} {} at {}: {outcome} in {} (bridge: tool_calls_total{{name=\"{LOOKUP_ORDER}\",outcome=\"ok\"}} = {})",
+        tool_arguments(),
+        secs(demo.tool_called_at),
+        ms(side.tool_duration),
+        side.tool_calls_ok
+    );
+    match demo.tool_requests.first() {
+        Some(request) => println!(
+            "  tool endpoint saw POST /{LOOKUP_ORDER} for call {} (profile {}), arguments {}; answered {} {}",
+            request.call_sid().unwrap_or("?"),
+            request.call("profile").unwrap_or("?"),
+            request
+                .arguments()
+                .map_or_else(|| "none".to_owned(), ToString::to_string),
+            request.status,
+            request.answer
+        ),
+        None => println!("  tool endpoint saw nothing"),
+    }
+    println!(
+        "  end_call          {} call, with the goodbye; once that was heard: REST hang-up (Status=completed) at the local stand-in for Twilio's API, {} ok",
+        side.end_calls, side.rest_hangups
+    );
+    println!(
+        "  goodbye heard     {:.2} s of answer audio in the {} s before the close, the last of it {} before",
+        demo.ending.goodbye_heard.as_secs_f64(),
+        GOODBYE_WINDOW.as_secs(),
+        secs(demo.ending.quiet_before_close)
+    );
+    let ended = demo.ended_by_assistant();
+    match &ended {
+        Ok(()) => println!(
+            "  call ended        by the assistant after its goodbye was heard: stream closed with 1000 at {}, the caller still on the line",
+            secs(demo.ending.closed_at)
+        ),
+        Err(why) => println!("  call ended        NOT by the assistant: {why}"),
     }
     println!(
         "  call recording    {} (caller left, heard right)",
@@ -135,6 +189,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             report.clears,
             report.talk_over_stop
         );
+    }
+    if let Err(why) = demo.tool_round_trip() {
+        bail!("the tool round trip did not happen: {why}");
+    }
+    if let Err(why) = ended {
+        bail!("the assistant did not end the call: {why}");
     }
     Ok(())
 }
