@@ -19,6 +19,7 @@ cargo build --release --locked >/dev/null
 bin=target/release/callbridge
 peer_port=18090
 bridge_port=18080
+admin_port=18091
 ulimit -n 65536 2>/dev/null || true
 
 printf '| mode | calls | p50 ms | p90 ms | p99 ms | max ms | frames sent | lost | late | bridge CPU s | CPU ms per call-s | bridge RSS MiB | RSS KiB per call |\n'
@@ -28,6 +29,7 @@ for mode in ${MODES:-pcm16 pcmu}; do
     "$bin" echo-realtime --listen 127.0.0.1:$peer_port --mode loopback >/dev/null 2>&1 &
     peer=$!
     CALLBRIDGE_LISTEN=127.0.0.1:$bridge_port \
+    CALLBRIDGE_ADMIN_LISTEN=127.0.0.1:$admin_port \
     CALLBRIDGE_PUBLIC_URL=http://127.0.0.1:$bridge_port \
     CALLBRIDGE_REALTIME__URL=ws://127.0.0.1:$peer_port/v1/realtime \
     CALLBRIDGE_TWILIO__VALIDATE_SIGNATURES=false \

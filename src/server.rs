@@ -1,14 +1,23 @@
-//! The HTTP side: router, admission control, graceful drain, and the one
+//! The HTTP side: routers, admission control, graceful drain, and the one
 //! module that touches Twilio's sockets.
 //!
-//! [`Server::run`] takes its listener and its shutdown signal as parameters,
-//! so tests start the real server on `127.0.0.1:0` and stop it at will.
-//! axum's graceful shutdown does not wait for upgraded WebSockets, so call
-//! tasks are tracked here: on shutdown the server stops admitting calls,
-//! `/readyz` turns 503, live calls run on for up to `drain_timeout`, and
-//! only then are they closed.
+//! Two listeners: the public one (`listen`) serves Twilio only (`/voice`,
+//! `/media`, `/stream-status`); the admin one (`admin_listen`) serves
+//! `/metrics`, `/healthz` and `/readyz` to probes and scrapers.
+//! [`Server::run`] takes both listeners and its shutdown signal as
+//! parameters, so tests start the real server on `127.0.0.1:0` and stop it
+//! at will. axum's graceful shutdown does not wait for upgraded WebSockets,
+//! so call tasks are tracked here: on shutdown the server stops admitting
+//! calls, `/readyz` turns 503, live calls run on for up to `drain_timeout`,
+//! and only then are they closed. The admin port answers throughout.
+//!
+//! Each call runs in a tracing span `call` carrying `call_sid` and
+//! `stream_sid`, so every line it logs names the call; the call ends with
+//! one `call ended` line (outcome, duration, turns, barge-ins, frames, tool
+//! calls). No audio, transcript or secret is ever logged.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,9 +35,10 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use url::Url;
 
-use crate::call::bridge::{self, CallParams, Model};
+use crate::call::bridge::{self, CallParams, CallSummary, Model};
 use crate::call::control::CallControl;
 use crate::call::handshake::{await_start, HandshakeError};
 use crate::call::http_tools::HttpTools;
@@ -40,7 +50,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::twilio::rest::TwilioRest;
 use crate::twilio::token::StreamTokens;
 use crate::twilio::{signature, twiml};
-use crate::upstream::client::{ConnectError, ModelEndpoint};
+use crate::upstream::client::{roots_with_ca_file, ConnectError, ModelEndpoint};
 use crate::upstream::{driver_for, SessionSpec};
 
 /// Twilio must send `start` this soon after the upgrade.
@@ -57,14 +67,49 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("OPENAI_API_KEY is not set, and realtime.url ({0}) is OpenAI's or Azure's service, which needs it")]
-    MissingApiKey(String),
+    /// Every required setting that is missing, named in one error.
+    #[error("{0}")]
+    Missing(MissingSettings),
     #[error(transparent)]
     Realtime(#[from] ConnectError),
     #[error("Twilio REST client: {0}")]
     TwilioRest(#[from] crate::twilio::rest::RestError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A setting `serve` cannot run without.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingSetting {
+    /// The key or variable: `public_url`, `OPENAI_API_KEY`, `TWILIO_AUTH_TOKEN`.
+    pub name: &'static str,
+    /// Where to set it and why it is needed.
+    pub help: String,
+}
+
+/// All the required settings that are missing (see [`Server::missing_settings`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MissingSettings(pub Vec<MissingSetting>);
+
+impl MissingSettings {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for MissingSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{} is required: {}", one.name, one.help),
+            many => {
+                write!(f, "{} required settings are missing:", many.len())?;
+                for m in many {
+                    write!(f, "\n  - {}: {}", m.name, m.help)?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -75,6 +120,8 @@ struct Shared {
     assistants: HashMap<String, Assistant>,
     /// Twilio's REST API, where credentials are configured.
     rest: Option<TwilioRest>,
+    /// Played to callers while their model socket is being reopened.
+    reconnect_filler: Option<Arc<Vec<u8>>>,
     auth_tokens: Vec<String>,
     stream_tokens: StreamTokens,
     metrics: Metrics,
@@ -101,7 +148,8 @@ pub struct Server {
 
 impl Server {
     /// Checks everything that would make a call fail later: `public_url`,
-    /// the API key for OpenAI's own endpoints, the Twilio auth token.
+    /// the API key for OpenAI's own endpoints, the Twilio auth token (all
+    /// the missing ones in one [`ServeError::Missing`]).
     /// Each profile's function calls go to its HTTP tools (`agent.tools`,
     /// `agents.<name>.tools`).
     pub fn new(config: Config, secrets: Secrets, metrics: Metrics) -> Result<Server, ServeError> {
@@ -127,11 +175,12 @@ impl Server {
     ) -> Result<Server, ServeError> {
         // Configs built in code (tests, the demo) get the same checks as loaded ones.
         config.validate()?;
+        let missing = Self::missing_settings(&config, &secrets);
+        if !missing.is_empty() {
+            return Err(ServeError::Missing(missing));
+        }
         let public = config.public_url()?;
         let realtime_url = config.realtime_url()?;
-        if secrets.openai_api_key.is_none() && ModelEndpoint::needs_api_key(&realtime_url) {
-            return Err(ServeError::MissingApiKey(redact_query(&realtime_url)));
-        }
         let auth_tokens: Vec<String> = [
             &secrets.twilio_auth_token,
             &secrets.twilio_auth_token_previous,
@@ -140,14 +189,6 @@ impl Server {
         .flatten()
         .map(|s| s.expose().to_owned())
         .collect();
-        if config.twilio.validate_signatures && auth_tokens.is_empty() {
-            return Err(ServeError::Config(ConfigError::Secret {
-                var: "TWILIO_AUTH_TOKEN".into(),
-                reason: "is required while twilio.validate_signatures is true \
-                         (set it, or turn validation off for local testing only)"
-                    .into(),
-            }));
-        }
         if !config.twilio.validate_signatures {
             tracing::warn!(
                 "twilio.validate_signatures is false: anyone who can reach this server can open calls; use this for local testing only"
@@ -167,11 +208,14 @@ impl Server {
             &token_key,
             Duration::from_secs(config.twilio.stream_token_ttl),
         );
-        let endpoint = ModelEndpoint::new(
+        let roots = roots_with_ca_file(config.realtime.ca_file.as_deref())
+            .map_err(|e| ConfigError::key("realtime.ca_file", e.to_string()))?;
+        let endpoint = ModelEndpoint::with_roots(
             realtime_url,
             config.realtime.dialect,
             secrets.openai_api_key.clone(),
             Duration::from_secs(config.realtime.connect_timeout),
+            roots,
         )?;
         let mut assistants = HashMap::new();
         for profile in config.profiles() {
@@ -199,6 +243,24 @@ impl Server {
             );
         }
         let rest = TwilioRest::from_config(&config, &secrets, metrics.clone())?;
+        let reconnect_filler = match &config.realtime.reconnect_filler {
+            None => None,
+            Some(path) => match std::fs::read(path) {
+                Ok(bytes) if !bytes.is_empty() => Some(Arc::new(bytes)),
+                Ok(_) => {
+                    return Err(ServeError::Config(ConfigError::Key {
+                        key: "realtime.reconnect_filler".into(),
+                        reason: format!("{} is empty", path.display()),
+                    }))
+                }
+                Err(e) => {
+                    return Err(ServeError::Config(ConfigError::Key {
+                        key: "realtime.reconnect_filler".into(),
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    }))
+                }
+            },
+        };
         metrics.calls_max.set(config.max_calls as i64);
         Ok(Server {
             shared: Arc::new(Shared {
@@ -207,6 +269,7 @@ impl Server {
                 endpoint,
                 assistants,
                 rest,
+                reconnect_filler,
                 auth_tokens,
                 stream_tokens,
                 metrics,
@@ -218,32 +281,84 @@ impl Server {
         })
     }
 
+    /// The required settings missing from `config` and `secrets`, all of
+    /// them: `public_url`; `OPENAI_API_KEY` when `realtime.url` is OpenAI's
+    /// or Azure's service; `TWILIO_AUTH_TOKEN` while signatures are checked.
+    pub fn missing_settings(config: &Config, secrets: &Secrets) -> MissingSettings {
+        let mut missing = Vec::new();
+        if config.public_url.is_none() {
+            missing.push(MissingSetting {
+                name: "public_url",
+                help: "the https://host[:port] Twilio uses to reach this server \
+                       (CALLBRIDGE_PUBLIC_URL, or public_url in the config file)"
+                    .into(),
+            });
+        }
+        if let Ok(url) = config.realtime_url() {
+            if secrets.openai_api_key.is_none() && ModelEndpoint::needs_api_key(&url) {
+                missing.push(MissingSetting {
+                    name: "OPENAI_API_KEY",
+                    help: format!(
+                        "(or OPENAI_API_KEY_FILE) the API key for realtime.url ({}), \
+                         OpenAI's or Azure's service",
+                        redact_query(&url)
+                    ),
+                });
+            }
+        }
+        let has_token =
+            secrets.twilio_auth_token.is_some() || secrets.twilio_auth_token_previous.is_some();
+        if config.twilio.validate_signatures && !has_token {
+            missing.push(MissingSetting {
+                name: "TWILIO_AUTH_TOKEN",
+                help: "(or TWILIO_AUTH_TOKEN_FILE) your Twilio auth token, which checks \
+                       Twilio's signatures while twilio.validate_signatures is true \
+                       (turn that off for local testing only)"
+                    .into(),
+            });
+        }
+        MissingSettings(missing)
+    }
+
+    /// The public (Twilio-facing) routes: `/voice`, `/media`, `/stream-status`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/voice", post(voice))
             .route("/media", get(media))
             .route("/stream-status", post(stream_status))
+            .with_state(self.shared.clone())
+    }
+
+    /// The admin routes: `/metrics`, `/healthz`, `/readyz`.
+    pub fn admin_router(&self) -> Router {
+        Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .with_state(self.shared.clone())
     }
 
-    /// Serves until `shutdown` resolves, then drains: no new calls, live
-    /// calls run on up to `drain_timeout`, then are closed cleanly.
+    /// Serves Twilio on `public` and the admin routes on `admin` until
+    /// `shutdown` resolves, then drains: no new calls, `/readyz` 503, live
+    /// calls run on up to `drain_timeout`, then are closed cleanly; both
+    /// listeners stop after that.
     pub async fn run(
         self,
-        listener: TcpListener,
+        public: TcpListener,
+        admin: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let shared = self.shared.clone();
         let stop_http = CancellationToken::new();
-        let listener = listener.tap_io(|tcp| {
+        let public = public.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let http = axum::serve(listener, self.router())
+        let public_http = axum::serve(public, self.router())
             .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-        let http_task = tokio::spawn(async move { http.await });
+        let admin_http = axum::serve(admin, self.admin_router())
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let public_task = tokio::spawn(async move { public_http.await });
+        let admin_task = tokio::spawn(async move { admin_http.await });
 
         shutdown.await;
         shared.draining.store(true, Ordering::SeqCst);
@@ -267,10 +382,13 @@ impl Server {
             let _ = tokio::time::timeout(CLOSE_GRACE, shared.tracker.wait()).await;
         }
         stop_http.cancel();
-        match http_task.await {
+        let joined = |r: Result<std::io::Result<()>, tokio::task::JoinError>| match r {
             Ok(result) => result.map_err(ServeError::Io),
             Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
-        }
+        };
+        let public_result = joined(public_task.await);
+        let admin_result = joined(admin_task.await);
+        public_result.and(admin_result)
     }
 }
 
@@ -509,6 +627,14 @@ async fn media(
         return (StatusCode::SERVICE_UNAVAILABLE, "not accepting calls\n").into_response();
     };
     let tracked = shared.tracker.token();
+    // Every line the call logs carries its ids, recorded once `start` names
+    // them. ERROR level: no log filter that keeps the call's warnings and
+    // errors drops the span that names the call.
+    let span = tracing::error_span!(
+        "call",
+        call_sid = tracing::field::Empty,
+        stream_sid = tracing::field::Empty
+    );
     upgrade
         .max_message_size(WS_MAX_MESSAGE)
         .max_frame_size(WS_MAX_MESSAGE)
@@ -517,9 +643,12 @@ async fn media(
         // in one write.
         .read_buffer_size(8 << 10)
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let _tracked = tracked;
-            handle_call(shared, slot, socket).await;
+        .on_upgrade(move |socket| {
+            async move {
+                let _tracked = tracked;
+                handle_call(shared, slot, socket).await;
+            }
+            .instrument(span)
         })
 }
 
@@ -576,11 +705,15 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
                 .send(WsOut::Close(close_code::POLICY, "stream refused"))
                 .await;
             m.call_ended(outcome);
+            log_call_ended(outcome, started.elapsed(), None, "stream refused");
             drop(slot);
             return;
         }
     };
     let call_sid = start.call_sid.clone();
+    let span = tracing::Span::current();
+    span.record("call_sid", call_sid.as_str());
+    span.record("stream_sid", start.stream_sid.as_str());
     let profile_name = if start.profile.is_empty() {
         DEFAULT_PROFILE
     } else {
@@ -590,15 +723,21 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
     // token (a config mismatch between replicas, or a forgery).
     let Some(assistant) = shared.assistants.get(profile_name) else {
         m.error("unknown_profile");
-        tracing::warn!(call_sid = %call_sid, "media stream refused: the token names an unknown profile");
+        tracing::warn!("media stream refused: the token names an unknown profile");
         let _ = twilio_tx
             .send(WsOut::Close(close_code::POLICY, "stream refused"))
             .await;
         m.call_ended(Outcome::Unauthorized);
+        log_call_ended(
+            Outcome::Unauthorized,
+            started.elapsed(),
+            None,
+            "unknown profile",
+        );
         drop(slot);
         return;
     };
-    tracing::info!(call_sid = %call_sid, stream_sid = %start.stream_sid, profile = profile_name, "stream started");
+    tracing::info!(profile = profile_name, "stream started");
 
     let connect_started = tokio::time::Instant::now();
     let (model_tx, model_rx) = match shared.endpoint.connect().await {
@@ -606,10 +745,16 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         Err(err) => {
             m.error("upstream_connect");
             m.call_ended(Outcome::UpstreamFailed);
-            tracing::error!(call_sid = %call_sid, error = %err, "cannot open the model session");
+            tracing::error!(error = %err, "cannot open the model session");
             let _ = twilio_tx
                 .send(WsOut::Close(close_code::INTERNAL, "model unavailable"))
                 .await;
+            log_call_ended(
+                Outcome::UpstreamFailed,
+                started.elapsed(),
+                None,
+                "model unavailable",
+            );
             return;
         }
     };
@@ -634,7 +779,11 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         dtmf_timeout: Duration::from_millis(agent.dtmf_timeout_ms),
         control: assistant.control.clone(),
         rest: shared.rest.clone(),
-        ..CallParams::new(&call_sid, &start.stream_sid, assistant.profile.audio_mode)
+        reconnect_budget: Duration::from_millis(cfg.realtime.reconnect_budget_ms),
+        max_session: Duration::from_secs(cfg.realtime.max_session_secs),
+        idle_timeout: Duration::from_millis(cfg.twilio.idle_timeout_ms),
+        max_call: Duration::from_secs(cfg.max_call_secs),
+        reconnect_filler: shared.reconnect_filler.clone(),
     };
     let declared: Vec<_> = assistant
         .tools
@@ -646,7 +795,26 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
         driver: driver_for(SessionSpec::for_profile(cfg, &assistant.profile, declared)),
         tx: model_tx,
         rx: model_rx,
-        reconnect: None,
+        reconnect: (cfg.realtime.reconnect_budget_ms > 0).then(|| {
+            // Opens a new socket to the same endpoint: a reconnect or a
+            // session rollover.
+            let shared = shared.clone();
+            Box::new(move || {
+                let shared = shared.clone();
+                Box::pin(async move {
+                    let started = tokio::time::Instant::now();
+                    let pair = shared.endpoint.connect().await.map_err(|e| {
+                        shared.metrics.error("upstream_connect");
+                        e.to_string()
+                    })?;
+                    shared
+                        .metrics
+                        .upstream_connect
+                        .observe_duration(started.elapsed());
+                    Ok(pair)
+                }) as bridge::Connecting<_, _>
+            }) as bridge::Connector<_, _>
+        }),
     };
     let summary = bridge::run(
         params,
@@ -661,18 +829,45 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
     let duration = started.elapsed();
     m.call_ended(summary.outcome);
     m.call_duration.observe_duration(duration);
-    tracing::info!(
-        call_sid = %call_sid,
-        outcome = summary.outcome.as_str(),
-        duration_s = duration.as_secs_f64(),
-        turns = summary.turns,
-        bargeins = summary.bargeins,
-        frames_in = summary.frames_in,
-        frames_out = summary.frames_out,
-        rejected = summary.rejected,
-        tool_calls = summary.tool_calls,
-        reason = summary.reason.as_deref().unwrap_or(""),
-        "call ended"
+    log_call_ended(
+        summary.outcome,
+        duration,
+        Some(&summary),
+        summary.reason.as_deref().unwrap_or(""),
     );
     drop(slot);
+}
+
+/// The one line that ends every call's log, inside its `call` span (which
+/// names the call and stream): counts only, never audio or the transcript.
+/// Frames dropped are not counted per call: `callbridge_frames_dropped_total`
+/// has them for the process.
+fn log_call_ended(
+    outcome: Outcome,
+    duration: Duration,
+    summary: Option<&CallSummary>,
+    reason: &str,
+) {
+    let s = summary.map_or((0, 0, 0, 0, 0, 0), |s| {
+        (
+            s.turns,
+            s.bargeins,
+            s.frames_in,
+            s.frames_out,
+            s.rejected,
+            s.tool_calls,
+        )
+    });
+    tracing::info!(
+        outcome = outcome.as_str(),
+        duration_s = duration.as_secs_f64(),
+        turns = s.0,
+        bargeins = s.1,
+        frames_in = s.2,
+        frames_out = s.3,
+        rejected = s.4,
+        tool_calls = s.5,
+        reason,
+        "call ended"
+    );
 }

@@ -275,15 +275,63 @@ async fn benign_errors_do_not_end_the_call_and_fatal_ones_do() {
     assert_eq!(bridge.metrics.errors("model_error"), 0);
 }
 
+/// The model's socket drops mid-call: the caller stays connected, a new
+/// session is configured and told the conversation so far, and the call
+/// goes on until the caller hangs up.
 #[tokio::test]
-async fn model_socket_lost_ends_the_call_cleanly() {
+async fn a_dropped_model_socket_is_reconnected_and_the_call_goes_on() {
     let fake = FakeRealtime::start(Script {
-        close_after_events: Some(20),
+        close_after_events: Some(350),
+        answer_ms: 1000,
         ..Script::default()
     })
     .await;
     let bridge = Bridge::start(&fake.url(), |_| {}).await;
     let sid = call_sid(5);
+    let (ws, token) = bridge.connect(&sid).await;
+    let mut speech = fixture("speech.ulaw");
+    speech.extend(vec![0xFF; 8000]);
+    speech.extend(fixture("speech.ulaw"));
+    let log = run_caller(
+        ws,
+        CallerScript::new(&sid, &token, speech, Duration::from_secs(16)),
+    )
+    .await;
+    // The caller hung up (stop); the bridge never closed on them.
+    assert_eq!(log.close_code, Some(1000));
+    assert_eq!(fake.record.lock().unwrap().sessions, 2, "one reconnect");
+    // The second session got the session again, then the first turn as text.
+    let events = fake.events();
+    let updates: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["type"] == "session.update")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(updates.len(), 2);
+    let replay = &events[updates[1] + 1];
+    assert_eq!(replay["type"], "conversation.item.create");
+    assert_eq!(replay["item"]["role"], "user");
+    assert_eq!(replay["item"]["content"][0]["text"], "hello there");
+    assert_eq!(bridge.metrics.reconnects("ok"), 1);
+    wait_until("call counted", || {
+        bridge.metrics.calls_total(Outcome::Completed) == 1
+    })
+    .await;
+    save_client_events("reconnect", Dialect::Ga, &fake.events());
+}
+
+/// With reconnection off, a lost socket ends the call cleanly (the caller
+/// then hears the TwiML fallback).
+#[tokio::test]
+async fn without_a_reconnect_budget_a_lost_socket_ends_the_call_cleanly() {
+    let fake = FakeRealtime::start(Script {
+        close_after_events: Some(20),
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |c| c.realtime.reconnect_budget_ms = 0).await;
+    let sid = call_sid(15);
     let (ws, token) = bridge.connect(&sid).await;
     let log = run_caller(
         ws,
@@ -295,6 +343,38 @@ async fn model_socket_lost_ends_the_call_cleanly() {
         bridge.metrics.calls_total(Outcome::UpstreamFailed) == 1
     })
     .await;
+}
+
+/// A session older than max_session_secs is replaced at a quiet moment;
+/// the conversation continues in the new one.
+#[tokio::test]
+async fn the_model_session_rolls_over_and_the_call_goes_on() {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 800,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |c| c.realtime.max_session_secs = 5).await;
+    let sid = call_sid(16);
+    let (ws, token) = bridge.connect(&sid).await;
+    let mut speech = fixture("speech.ulaw");
+    speech.extend(vec![0xFF; 24000]);
+    speech.extend(fixture("speech.ulaw"));
+    let log = run_caller(
+        ws,
+        CallerScript::new(&sid, &token, speech, Duration::from_secs(20)),
+    )
+    .await;
+    assert_eq!(log.close_code, Some(1000));
+    let (sessions, closed) = {
+        let r = fake.record.lock().unwrap();
+        (r.sessions, r.closed_by_client)
+    };
+    assert!(sessions >= 2, "rolled over: {sessions} sessions");
+    assert!(closed >= 1, "the old session was closed");
+    assert!(bridge.metrics.reconnects("rollover") >= 1);
+    // The caller heard answers before and after the rollover.
+    assert!(log.heard_ms > 1000, "heard {} ms", log.heard_ms);
 }
 
 #[tokio::test]

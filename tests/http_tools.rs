@@ -394,7 +394,8 @@ async fn tool_round_trip_through_the_server() {
     let metrics = Metrics::new();
     let server = Server::new(config, secrets, metrics.clone()).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(listener, async move {
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let task = tokio::spawn(server.run(listener, admin, async move {
         let _ = stopped.await;
     }));
 

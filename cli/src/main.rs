@@ -30,7 +30,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service: Twilio webhook, Media Streams, metrics.
+    /// Run the service: Twilio webhook and Media Streams; metrics and probes on the admin port.
+    ///
+    /// Twilio's endpoints (/voice, /media, /stream-status) are served on `listen`
+    /// (default 0.0.0.0:8080); /metrics, /healthz and /readyz on `admin_listen`
+    /// (default 0.0.0.0:9091). SIGTERM or Ctrl-C drains: /readyz turns 503, no new
+    /// calls, live calls run on for up to `drain_timeout` seconds.
+    #[command(after_help = SERVE_REQUIRED)]
     Serve {
         /// TOML configuration file (see config/default.toml); env overrides it.
         #[arg(long, env = "CALLBRIDGE_CONFIG")]
@@ -55,6 +61,21 @@ enum Command {
     /// (`--protocol live`). Any path works. No API key, no network.
     EchoRealtime(EchoRealtimeArgs),
 }
+
+/// `serve --help`: what it cannot run without (checked by `Server::missing_settings`).
+const SERVE_REQUIRED: &str = "\
+Required settings (every missing one is reported in one error):
+  public_url         the https://host[:port] Twilio uses to reach this server:
+                     CALLBRIDGE_PUBLIC_URL, or public_url in the config file
+  OPENAI_API_KEY     (or OPENAI_API_KEY_FILE) when realtime.url is OpenAI's or
+                     Azure's service, as the default URL is
+  TWILIO_AUTH_TOKEN  (or TWILIO_AUTH_TOKEN_FILE) while twilio.validate_signatures
+                     is true, as it is by default
+
+Every other key has a default (config/default.toml lists them all). The
+environment overrides the file: CALLBRIDGE_<SECTION>__<KEY>, e.g.
+CALLBRIDGE_REALTIME__URL; top-level keys have no section (CALLBRIDGE_LISTEN,
+CALLBRIDGE_ADMIN_LISTEN, CALLBRIDGE_MAX_CALLS).";
 
 #[derive(clap::Args)]
 struct EchoRealtimeArgs {
@@ -160,8 +181,12 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding listen address {}", config.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding admin_listen address {}", config.admin_listen))?;
         tracing::info!(
             listen = %listener.local_addr()?,
+            admin_listen = %admin.local_addr()?,
             public_url = config.public_url.as_deref().unwrap_or(""),
             // Never the query: an Azure URL may carry a key there.
             model_url = %config.realtime_url().map(|u| callbridge::config::redact_query(&u)).unwrap_or_default(),
@@ -170,7 +195,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             max_calls = config.max_calls,
             "callbridge serving"
         );
-        server.run(listener, shutdown_signal()).await?;
+        server.run(listener, admin, shutdown_signal()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

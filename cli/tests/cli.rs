@@ -185,6 +185,7 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     let mut child = callbridge()
         .arg("serve")
         .env("CALLBRIDGE_LISTEN", "127.0.0.1:0")
+        .env("CALLBRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("CALLBRIDGE_PUBLIC_URL", "http://127.0.0.1:9")
         .env("CALLBRIDGE_REALTIME__URL", "ws://127.0.0.1:9/v1/realtime")
         .env("CALLBRIDGE_TWILIO__VALIDATE_SIGNATURES", "false")
@@ -208,4 +209,149 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         "{seen:?}"
     );
     assert!(seen.iter().all(|l| !l.contains('\u{1b}')), "{seen:?}");
+}
+
+#[test]
+fn serve_reports_every_missing_setting_in_one_error() {
+    let out = callbridge().arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("3 required settings are missing"), "{err}");
+    for name in ["public_url", "OPENAI_API_KEY", "TWILIO_AUTH_TOKEN"] {
+        assert!(err.contains(&format!("- {name}: ")), "{name}: {err}");
+    }
+    // Settings that are not needed are not asked for: a local peer needs no
+    // key, and unchecked signatures need no token.
+    let out = callbridge()
+        .arg("serve")
+        .env("CALLBRIDGE_REALTIME__URL", "ws://127.0.0.1:9/v1/realtime")
+        .env("CALLBRIDGE_TWILIO__VALIDATE_SIGNATURES", "false")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("public_url is required"), "{err}");
+    assert!(
+        !err.contains("OPENAI_API_KEY") && !err.contains("TWILIO_AUTH_TOKEN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_help_names_the_required_settings_and_both_ports() {
+    let out = callbridge().args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Required settings",
+        "public_url",
+        "CALLBRIDGE_PUBLIC_URL",
+        "OPENAI_API_KEY",
+        "TWILIO_AUTH_TOKEN",
+        "admin_listen",
+        "/metrics",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}
+
+/// Waits for `callbridge serving` on a JSON-logging child's stderr; its fields.
+fn serving_line(child: &mut std::process::Child) -> serde_json::Value {
+    use std::io::BufRead as _;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if value["fields"]["message"] == "callbridge serving" {
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return value["fields"].clone();
+        }
+        seen.push(line);
+    }
+    panic!("serve never said it was serving: {seen:?}");
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn serve_starts_beside_kubernetes_service_links_and_probes_use_the_admin_port() {
+    // What the kubelet injects for a Service named `callbridge`: once, this
+    // stopped serve with "config key `port`: unknown field".
+    let mut child = callbridge()
+        .arg("serve")
+        .env("CALLBRIDGE_PORT", "tcp://10.96.0.12:8080")
+        .env("CALLBRIDGE_PORT_8080_TCP", "tcp://10.96.0.12:8080")
+        .env("CALLBRIDGE_PORT_8080_TCP_PROTO", "tcp")
+        .env("CALLBRIDGE_PORT_8080_TCP_PORT", "8080")
+        .env("CALLBRIDGE_PORT_8080_TCP_ADDR", "10.96.0.12")
+        .env("CALLBRIDGE_SERVICE_HOST", "10.96.0.12")
+        .env("CALLBRIDGE_SERVICE_PORT", "8080")
+        .env("CALLBRIDGE_SERVICE_PORT_HTTP", "8080")
+        .env("CALLBRIDGE_LISTEN", "127.0.0.1:0")
+        .env("CALLBRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("CALLBRIDGE_PUBLIC_URL", "https://bridge.example.com")
+        .env("CALLBRIDGE_LOG__FORMAT", "json")
+        .env("OPENAI_API_KEY", "sk-x")
+        .env("TWILIO_AUTH_TOKEN", "t")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let serving = serving_line(&mut child);
+    let public = serving["listen"].as_str().unwrap().to_owned();
+    let admin = serving["admin_listen"].as_str().unwrap().to_owned();
+    assert_ne!(public, admin);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let on_admin = http_get(&admin, path);
+        assert!(
+            on_admin.starts_with("HTTP/1.1 200"),
+            "admin {path}: {on_admin}"
+        );
+        let on_public = http_get(&public, path);
+        assert!(
+            on_public.starts_with("HTTP/1.1 404"),
+            "public {path}: {on_public}"
+        );
+    }
+    assert!(http_get(&admin, "/metrics").contains("callbridge_calls_active 0"));
+    // SIGTERM (what Kubernetes sends): with no live call, it drains at once and exits 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_mistyped_variable_stops_serve_naming_the_closest_key() {
+    let out = callbridge()
+        .arg("serve")
+        .env("CALLBRIDGE_REALTIME__URLL", "ws://127.0.0.1:9/v1/realtime")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("CALLBRIDGE_REALTIME__URLL")
+            && err.contains("did you mean CALLBRIDGE_REALTIME__URL?"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
 use crate::playback::Playback;
-use crate::stream::{self, Opened};
+use crate::stream::{self, Opened, Transport};
 use crate::{rms, SimError, FRAME, FRAME_BYTES, SILENCE, SPEECH_RMS};
 use callbridge::twilio::messages::{self, Outbound};
 
@@ -45,8 +45,11 @@ const MAX_ERRORS: usize = 20;
 /// What to say, and how the call is bounded.
 #[derive(Debug, Clone)]
 pub struct CallOptions {
-    /// The bridge's base URL, `http://host:port`; `/voice` is appended.
+    /// The bridge's base URL, `http://host:port` or `https://host[:port]`;
+    /// `/voice` is appended.
     pub bridge: Url,
+    /// Trusted roots for `https`/`wss`, and `--resolve` overrides.
+    pub transport: Transport,
     /// Signs the webhook and the upgrade like Twilio does; `None` sends
     /// unsigned requests (for bridges with signature checks off).
     pub auth_token: Option<String>,
@@ -74,6 +77,7 @@ impl CallOptions {
     pub fn new(bridge: Url, audio: Vec<u8>) -> Self {
         CallOptions {
             bridge,
+            transport: Transport::default(),
             auth_token: None,
             audio,
             barge_in: None,
@@ -267,6 +271,7 @@ pub async fn place_call(
     let sids = stream::Sids::new(opts.call_sid.clone())?;
     let opened = stream::dial(
         &opts.bridge,
+        &opts.transport,
         opts.auth_token.as_deref(),
         sids,
         opts.timeout,

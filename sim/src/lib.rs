@@ -21,9 +21,12 @@
 //!   against a loopback Realtime peer, plus the bridge's CPU and memory.
 //! - [`demo`]: the whole product on loopback, behind `callbridge demo`.
 //! - `stream` (private): the webhook, the TwiML scan, the signed upgrade and
-//!   the `connected`/`start` opening, shared by both.
+//!   the `connected`/`start` opening, shared by both, over plain TCP or TLS
+//!   ([`Transport`]: trusted roots, `--resolve`).
 //! - `playback` (private): Twilio's playout queue and mark echoing.
 //! - [`echo`]: `echo-realtime`, the local model peer (Realtime and GPT-Live).
+//! - [`tool_server`]: a tiny HTTP tool endpoint on loopback (the demo's
+//!   `lookup_order`), which also stands in for Twilio's REST hang-up.
 #![forbid(unsafe_code)]
 
 pub mod caller;
@@ -32,6 +35,7 @@ pub mod echo;
 pub mod loadtest;
 mod playback;
 mod stream;
+pub mod tool_server;
 
 use std::path::Path;
 
@@ -39,6 +43,7 @@ use callbridge::audio::{g711, AudioMode, OutboundTranscoder};
 
 pub use caller::{place_call, BargeIn, CallOptions, CallReport, Progress};
 pub use loadtest::{run, LoadOptions, LoadReport};
+pub use stream::Transport;
 
 /// Bytes of μ-law in one 20 ms frame at 8 kHz: Twilio's frame size.
 pub const FRAME_BYTES: usize = 160;
@@ -58,6 +63,13 @@ pub enum SimError {
     Options(String),
     #[error("cannot reach the bridge at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
+    #[error("certificate not trusted: {host}: {reason} ({})", if *private_ca { "neither the web roots nor the --ca-file CA vouch for it" } else { "use --ca-file for a private CA" })]
+    Untrusted {
+        host: String,
+        reason: String,
+        /// Whether a private CA (`--ca-file`) was trusted too.
+        private_ca: bool,
+    },
     #[error("{endpoint}: 403 Forbidden ({})", if *signed { "the bridge rejected our X-Twilio-Signature: is TWILIO_AUTH_TOKEN the bridge's token?" } else { "the bridge wants signed requests: set TWILIO_AUTH_TOKEN" })]
     Forbidden { endpoint: String, signed: bool },
     #[error("the bridge answered busy ({0})")]

@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
 use crate::playback::Playback;
-use crate::stream::{self, Ws};
+use crate::stream::{self, Transport, Ws};
 use crate::{SimError, FRAME, FRAME_BYTES, SILENCE};
 use callbridge::twilio::messages::{self, Outbound};
 
@@ -63,8 +63,10 @@ const RSS_EVERY: Duration = Duration::from_millis(250);
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// The bridge's base URL, `http://host:port`.
+    /// The bridge's base URL, `http://host:port` or `https://host[:port]`.
     pub bridge: Url,
+    /// Trusted roots for `https`/`wss`, and `--resolve` overrides.
+    pub transport: Transport,
     /// Concurrent calls (1 ..= [`MAX_CALLS`]).
     pub calls: u32,
     /// How long each call sends audio (≤ [`MAX_DURATION`]).
@@ -81,7 +83,8 @@ pub struct LoadOptions {
     /// How long after its last frame a call waits for audio still owed.
     pub grace: Duration,
     /// The bridge's process, for CPU and memory; `None` looks for the
-    /// process listening on the bridge URL's port.
+    /// process listening on the port the bridge URL connects to (after
+    /// `--resolve`).
     pub bridge_pid: Option<u32>,
     /// Bound on each set-up step and each send.
     pub timeout: Duration,
@@ -92,6 +95,7 @@ impl LoadOptions {
     pub fn new(bridge: Url, calls: u32, duration: Duration) -> Self {
         LoadOptions {
             bridge,
+            transport: Transport::default(),
             calls,
             duration,
             ramp: Duration::from_secs(5),
@@ -273,8 +277,8 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport, SimError> {
         .map_err(|e| SimError::Options(format!("histogram: {e}")))?;
     let frames_b64 = encode_frames(&opts.audio);
     let bridge_pid = opts.bridge_pid.or_else(|| {
-        opts.bridge
-            .port_or_known_default()
+        opts.transport
+            .target_port(&opts.bridge)
             .and_then(proc::find_listener)
     });
     let shared = Arc::new(Shared {
@@ -453,6 +457,7 @@ async fn one_call(shared: Arc<Shared>, start_at: Instant) -> CallStats {
     };
     let opened = match stream::dial(
         &opts.bridge,
+        &opts.transport,
         opts.auth_token.as_deref(),
         sids,
         opts.timeout,
@@ -868,12 +873,14 @@ mod tests {
         let url = Url::parse("http://127.0.0.1:1").unwrap();
         let ok = LoadOptions::new(url.clone(), 10, Duration::from_secs(1));
         assert!(ok.validate().is_ok());
+        let tls = LoadOptions::new(Url::parse("https://h").unwrap(), 1, Duration::from_secs(1));
+        assert!(tls.validate().is_ok());
         for bad in [
             LoadOptions::new(url.clone(), 0, Duration::from_secs(1)),
             LoadOptions::new(url.clone(), MAX_CALLS + 1, Duration::from_secs(1)),
             LoadOptions::new(url.clone(), 1, Duration::from_secs(3601)),
             LoadOptions::new(url.clone(), 1, Duration::ZERO),
-            LoadOptions::new(Url::parse("https://h").unwrap(), 1, Duration::from_secs(1)),
+            LoadOptions::new(Url::parse("ws://h").unwrap(), 1, Duration::from_secs(1)),
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

@@ -2,7 +2,14 @@
 //! answer, the signed WebSocket upgrade to the `<Stream url>` it names, and
 //! the `connected` + `start` frames. Shared by the caller and the load test
 //! so both exercise exactly the admission path a real call takes.
+//!
+//! Both legs speak plain `http://`/`ws://` or TLS (`https://`/`wss://`, as
+//! Twilio does against a deployment), through one [`Transport`]: the roots
+//! to trust and the `--resolve` overrides of where to connect.
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
+
+use rustls::pki_types::ServerName;
 
 use crate::SimError;
 use callbridge::twilio::{messages, signature};
@@ -83,19 +92,223 @@ pub(crate) struct Opened {
     pub(crate) next_seq: u64,
 }
 
+/// How the simulator reaches the bridge: which certificates it trusts for
+/// `https://`/`wss://`, and which hosts it connects to at another address.
+///
+/// The default trusts the public web roots and resolves names normally.
+/// Cheap to clone: a load test shares one among all its calls.
+#[derive(Clone, Default)]
+pub struct Transport {
+    /// `None` (the default): the web roots only, configured per connection.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether `tls` includes a private CA (`--ca-file`).
+    private_ca: bool,
+    resolve: Vec<Resolve>,
+}
+
+/// `--resolve HOST:ADDR`: connect to `addr` whenever a URL's host is `host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Resolve {
+    /// Lowercase, as [`Url`] keeps domain names.
+    host: String,
+    addr: ResolveAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResolveAddr {
+    /// `ip:port`: this exact socket address.
+    Socket(SocketAddr),
+    /// A bare IP: the URL's own port on it.
+    Ip(IpAddr),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("private_ca", &self.private_ca)
+            .field("resolve", &self.resolve)
+            .finish()
+    }
+}
+
+impl Transport {
+    /// Trusts the web roots plus, with `ca_file`, every certificate of that
+    /// PEM file (a private CA); `resolve` holds `HOST:ADDR` overrides like
+    /// curl's `--resolve`: a URL whose host is `HOST` is connected to `ADDR`
+    /// (`ip:port`, `[v6]:port`, or a bare IP for the URL's own port), while
+    /// TLS (SNI, certificate name) and the `Host` header still use `HOST`.
+    pub fn new(ca_file: Option<&Path>, resolve: &[String]) -> Result<Transport, SimError> {
+        let resolve = resolve
+            .iter()
+            .map(|v| parse_resolve(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let roots = callbridge::upstream::client::roots_with_ca_file(ca_file)
+            .map_err(|e| SimError::Options(format!("--ca-file {e}")))?;
+        Ok(Transport {
+            tls: Some(client_config(roots)?),
+            private_ca: ca_file.is_some(),
+            resolve,
+        })
+    }
+
+    /// Where to open the TCP connection for `url`, and whether `--resolve`
+    /// chose it.
+    fn target(&self, url: &Url) -> Result<(String, bool), SimError> {
+        let host = url
+            .host_str()
+            .ok_or_else(|| SimError::Options(format!("{url}: no host")))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| SimError::Options(format!("{url}: no port")))?;
+        let host_bare = host.trim_start_matches('[').trim_end_matches(']');
+        let found = self
+            .resolve
+            .iter()
+            .find(|r| r.host.eq_ignore_ascii_case(host_bare));
+        Ok(match found.map(|r| r.addr) {
+            Some(ResolveAddr::Socket(addr)) => (addr.to_string(), true),
+            Some(ResolveAddr::Ip(ip)) => (SocketAddr::new(ip, port).to_string(), true),
+            None => (format!("{host}:{port}"), false),
+        })
+    }
+
+    /// The port a URL's connection goes to (after `--resolve`).
+    pub(crate) fn target_port(&self, url: &Url) -> Option<u16> {
+        let (target, _) = self.target(url).ok()?;
+        target.rsplit_once(':')?.1.parse().ok()
+    }
+
+    /// TCP (no Nagle) to the URL's host, or to its `--resolve` address, then
+    /// TLS for `https`/`wss` with the URL's host as the server name.
+    pub(crate) async fn connect(&self, url: &Url) -> Result<MaybeTlsStream<TcpStream>, SimError> {
+        let (target, resolved) = self.target(url)?;
+        let host = url.host_str().unwrap_or_default();
+        let shown = if resolved {
+            format!("{host} ({target} by --resolve)")
+        } else {
+            target.clone()
+        };
+        let tcp = TcpStream::connect(&target)
+            .await
+            .map_err(|e| SimError::Unreachable {
+                addr: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match url.scheme() {
+            "http" | "ws" => Ok(MaybeTlsStream::Plain(tcp)),
+            "https" | "wss" => {
+                let name = match url.host() {
+                    Some(url::Host::Domain(d)) => ServerName::try_from(d.to_owned()),
+                    Some(url::Host::Ipv4(ip)) => Ok(ServerName::from(IpAddr::V4(ip))),
+                    Some(url::Host::Ipv6(ip)) => Ok(ServerName::from(IpAddr::V6(ip))),
+                    None => return Err(SimError::Options(format!("{url}: no host"))),
+                }
+                .map_err(|e| SimError::Options(format!("{url}: not a TLS server name: {e}")))?;
+                let config = match &self.tls {
+                    Some(config) => config.clone(),
+                    None => client_config(callbridge::upstream::client::web_roots())?,
+                };
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| self.tls_error(&shown, e))?;
+                Ok(MaybeTlsStream::Rustls(tls))
+            }
+            other => Err(SimError::Options(format!(
+                "{url}: unsupported scheme {other:?}"
+            ))),
+        }
+    }
+
+    /// A failed TLS handshake, said plainly: an untrusted certificate is
+    /// the one an operator can fix from here (`--ca-file`).
+    fn tls_error(&self, host: &str, e: std::io::Error) -> SimError {
+        use rustls::CertificateError as C;
+        let rustls_error = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error {
+            Some(rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            )) => SimError::Unreachable {
+                addr: host.to_owned(),
+                reason: format!(
+                    "TLS: {e} (the certificate must name the URL's host; --resolve keeps that host)"
+                ),
+            },
+            Some(rustls::Error::InvalidCertificate(_)) => SimError::Untrusted {
+                host: host.to_owned(),
+                reason: e.to_string(),
+                private_ca: self.private_ca,
+            },
+            _ => SimError::Unreachable {
+                addr: host.to_owned(),
+                reason: format!("TLS handshake failed: {e}"),
+            },
+        }
+    }
+}
+
+/// A rustls client configuration (ring, as the bridge's own client) trusting `roots`.
+fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, SimError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SimError::Options(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// `HOST:ADDR`: `bridge.example.com:203.0.113.5:443`, `h:[2001:db8::1]:443`,
+/// or `h:203.0.113.5` (the URL's port).
+fn parse_resolve(value: &str) -> Result<Resolve, SimError> {
+    let bad = |why: &str| {
+        SimError::Options(format!(
+            "--resolve {value:?}: {why} (expected HOST:ADDR, e.g. bridge.example.com:203.0.113.5:443)"
+        ))
+    };
+    let (host, addr) = value
+        .split_once(':')
+        .ok_or_else(|| bad("no ':' between HOST and ADDR"))?;
+    let host = host.trim();
+    if host.is_empty() || host.starts_with('[') || host.contains('/') {
+        return Err(bad("HOST must be a host name, as in the URL"));
+    }
+    let addr = addr.trim();
+    let addr = if let Ok(socket) = addr.parse::<SocketAddr>() {
+        ResolveAddr::Socket(socket)
+    } else if let Ok(ip) = addr.parse::<IpAddr>() {
+        ResolveAddr::Ip(ip)
+    } else if let Some((port, ip)) = addr
+        .split_once(':')
+        .and_then(|(p, ip)| Some((p.parse::<u16>().ok()?, ip.parse::<IpAddr>().ok()?)))
+    {
+        // curl's HOST:PORT:ADDR: say how to write it here.
+        return Err(bad(&format!(
+            "ADDR comes with its port here, not before it: {host}:{}",
+            SocketAddr::new(ip, port)
+        )));
+    } else {
+        return Err(bad(
+            "ADDR must be an IP address and port, like 203.0.113.5:443 or [2001:db8::1]:443",
+        ));
+    };
+    Ok(Resolve {
+        host: host.to_ascii_lowercase(),
+        addr,
+    })
+}
+
 /// `bridge` with the webhook path: `http://host:port` → `http://host:port/voice`.
 /// A URL that already ends in `/voice` is used as given.
 pub(crate) fn voice_url(bridge: &Url) -> Result<Url, SimError> {
     match bridge.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(SimError::Options(format!(
-                "{bridge}: https is not supported by the simulator; give the bridge's plain http address"
-            )))
-        }
+        "http" | "https" => {}
         other => {
             return Err(SimError::Options(format!(
-                "{bridge}: unsupported scheme {other:?} (expected http://host:port)"
+                "{bridge}: unsupported scheme {other:?} (expected http://host[:port] or https://host[:port])"
             )))
         }
     }
@@ -116,14 +329,22 @@ pub(crate) fn voice_url(bridge: &Url) -> Result<Url, SimError> {
 /// step is bounded by `timeout`.
 pub(crate) async fn dial(
     bridge: &Url,
+    transport: &Transport,
     auth_token: Option<&str>,
     sids: Sids,
     timeout: Duration,
     read_buffer: usize,
 ) -> Result<Opened, SimError> {
     let voice = voice_url(bridge)?;
-    let answer = post_voice(&voice, auth_token, &sids, timeout).await?;
-    let mut ws = connect_stream(&answer.stream_url, auth_token, timeout, read_buffer).await?;
+    let answer = post_voice(&voice, transport, auth_token, &sids, timeout).await?;
+    let mut ws = connect_stream(
+        &answer.stream_url,
+        transport,
+        auth_token,
+        timeout,
+        read_buffer,
+    )
+    .await?;
     let mut text = String::with_capacity(512);
     messages::write_connected(&mut text);
     send_text(&mut ws, &text, timeout).await?;
@@ -204,6 +425,7 @@ fn webhook_params(sids: &Sids) -> Vec<(&'static str, String)> {
 /// POSTs the voice webhook (signed when there is a token) and reads the TwiML.
 pub(crate) async fn post_voice(
     voice: &Url,
+    transport: &Transport,
     auth_token: Option<&str>,
     sids: &Sids,
     timeout: Duration,
@@ -236,14 +458,8 @@ pub(crate) async fn post_voice(
         .map_err(|e| SimError::Options(format!("{voice}: {e}")))?;
 
     let exchange = async {
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .map_err(|e| SimError::Unreachable {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let io = transport.connect(voice).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| SimError::Unreachable {
                 addr: addr.clone(),
@@ -297,6 +513,7 @@ pub(crate) async fn post_voice(
 /// alone (a GET has no form parameters), as Twilio does.
 async fn connect_stream(
     stream_url: &Url,
+    transport: &Transport,
     auth_token: Option<&str>,
     timeout: Duration,
     read_buffer: usize,
@@ -324,11 +541,19 @@ async fn connect_stream(
         .write_buffer_size(16 << 10)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    // Our own connection (TLS and --resolve included); the request keeps
+    // the URL's host for the Host header.
+    let connecting = async {
+        let io = transport.connect(stream_url).await?;
+        tokio_tungstenite::client_async_with_config(request, io, Some(config))
+            .await
+            .map_err(StreamError::Ws)
+    };
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(SimError::Timeout(format!("opening {stream_url}"))),
         Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(response))) => {
+        Ok(Err(StreamError::Sim(e))) => Err(e),
+        Ok(Err(StreamError::Ws(tungstenite::Error::Http(response)))) => {
             let status = response.status().as_u16();
             let body = response
                 .body()
@@ -348,11 +573,24 @@ async fn connect_stream(
                 }),
             }
         }
-        Ok(Err(tungstenite::Error::Io(e))) => Err(SimError::Unreachable {
+        Ok(Err(StreamError::Ws(tungstenite::Error::Io(e)))) => Err(SimError::Unreachable {
             addr: stream_url.to_string(),
             reason: e.to_string(),
         }),
-        Ok(Err(e)) => Err(SimError::Stream(format!("{endpoint}: {e}"))),
+        Ok(Err(StreamError::Ws(e))) => Err(SimError::Stream(format!("{endpoint}: {e}"))),
+    }
+}
+
+/// Opening the stream failed while connecting (already a [`SimError`]) or
+/// in the WebSocket handshake.
+enum StreamError {
+    Sim(SimError),
+    Ws(tungstenite::Error),
+}
+
+impl From<SimError> for StreamError {
+    fn from(e: SimError) -> Self {
+        StreamError::Sim(e)
     }
 }
 
@@ -569,7 +807,100 @@ mod tests {
         );
         assert_eq!(u("http://h:1/app/").unwrap(), "http://h:1/app/voice");
         assert_eq!(u("http://h/voice?x=1").unwrap(), "http://h/voice");
-        assert!(u("https://h").is_err());
+        assert_eq!(u("https://h").unwrap(), "https://h/voice");
         assert!(u("ws://h").is_err());
+        assert!(u("ftp://h").is_err());
+    }
+
+    #[test]
+    fn resolve_values() {
+        let r = |v: &str| parse_resolve(v);
+        assert_eq!(
+            r("Bridge.Example.com:203.0.113.5:443").unwrap(),
+            Resolve {
+                host: "bridge.example.com".into(),
+                addr: ResolveAddr::Socket("203.0.113.5:443".parse().unwrap()),
+            }
+        );
+        assert_eq!(
+            r("h:[2001:db8::1]:8443").unwrap().addr,
+            ResolveAddr::Socket("[2001:db8::1]:8443".parse().unwrap())
+        );
+        assert_eq!(
+            r("h:127.0.0.1").unwrap().addr,
+            ResolveAddr::Ip("127.0.0.1".parse().unwrap())
+        );
+        for bad in [
+            "",
+            "h",
+            "h:",
+            ":1.2.3.4:1",
+            "h:443:1.2.3.4",
+            "h:example.com:443",
+            "h:1.2.3.4:x",
+        ] {
+            let e = r(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--resolve") && e.contains("HOST:ADDR"),
+                "{bad}: {e}"
+            );
+        }
+        let curl = r("h:443:1.2.3.4").unwrap_err().to_string();
+        assert!(curl.contains("h:1.2.3.4:443"), "{curl}");
+    }
+
+    #[test]
+    fn resolve_picks_the_address_and_keeps_the_port_otherwise() {
+        let t = Transport::new(
+            None,
+            &[
+                "bridge.example.com:127.0.0.1:9443".into(),
+                "other.example.com:10.0.0.1".into(),
+            ],
+        )
+        .unwrap();
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(
+            t.target(&url("https://bridge.example.com/voice")).unwrap(),
+            ("127.0.0.1:9443".into(), true)
+        );
+        assert_eq!(
+            t.target(&url("wss://BRIDGE.example.com:8443/media"))
+                .unwrap(),
+            ("127.0.0.1:9443".into(), true)
+        );
+        assert_eq!(
+            t.target(&url("https://other.example.com:8443/")).unwrap(),
+            ("10.0.0.1:8443".into(), true)
+        );
+        assert_eq!(
+            t.target(&url("http://unlisted.example.com/")).unwrap(),
+            ("unlisted.example.com:80".into(), false)
+        );
+        assert_eq!(
+            t.target_port(&url("https://bridge.example.com/")),
+            Some(9443)
+        );
+        assert_eq!(
+            Transport::default()
+                .target(&url("http://[::1]:8080/"))
+                .unwrap(),
+            ("[::1]:8080".into(), false)
+        );
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_an_option_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = Transport::new(Some(&missing), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("--ca-file") && e.contains("missing.pem") && e.contains("cannot read"),
+            "{e}"
+        );
+        let not_pem = dir.path().join("key.txt");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let e = Transport::new(Some(&not_pem), &[]).unwrap_err().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 }

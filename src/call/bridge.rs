@@ -291,6 +291,8 @@ struct Bridge<TS, MS> {
     /// No rollover is tried before this (after a failed one).
     rollover_after: Instant,
     caller_speaking: bool,
+    /// The caller finished a turn and the model has not answered it yet.
+    turn_pending: bool,
     last_model_audio: Option<Instant>,
     last_twilio: Instant,
     tools: Arc<dyn ToolRunner>,
@@ -376,6 +378,7 @@ where
             session_started: now,
             rollover_after: now,
             caller_speaking: false,
+            turn_pending: false,
             last_model_audio: None,
             last_twilio: now,
             outbox: Vec::with_capacity(4),
@@ -407,7 +410,7 @@ where
         }
     }
 
-    async fn run_loop<TR, MR: Send + 'static>(
+    async fn run_loop<TR, MR>(
         &mut self,
         twilio_rx: &mut TR,
         model_rx: &mut Option<MR>,
@@ -416,7 +419,7 @@ where
     ) -> End
     where
         TR: Stream<Item = WsIn> + Unpin,
-        MR: Stream<Item = WsIn> + Unpin,
+        MR: Stream<Item = WsIn> + Unpin + Send + 'static,
     {
         self.driver.open(&[], &mut self.outbox);
         if let Err(e) = self.flush_outbox().await {
@@ -547,7 +550,7 @@ where
     /// A connection attempt finished: a new session replaces the old one
     /// (seeded with the conversation so far), or the next attempt is
     /// scheduled, or the budget is spent and the call ends.
-    async fn connected<MR: Send + 'static>(
+    async fn connected<MR>(
         &mut self,
         done: Result<(MS, MR), String>,
         model_rx: &mut Option<MR>,
@@ -555,7 +558,7 @@ where
         connecting: &mut Option<Connecting<MS, MR>>,
     ) -> Step
     where
-        MR: Stream<Item = WsIn> + Unpin,
+        MR: Stream<Item = WsIn> + Unpin + Send + 'static,
     {
         let rollover = self.rolling;
         let now = Instant::now();
@@ -606,6 +609,7 @@ where
         self.sessions += 1;
         self.session_started = now;
         self.caller_speaking = false;
+        self.turn_pending = false;
         self.m.reconnect(if rollover { "rollover" } else { "ok" });
         tracing::info!(call_sid = %self.p.context.call_sid, sessions = self.sessions, rollover, "new model session");
         let history = self.transcript.clone();
@@ -628,6 +632,7 @@ where
             && now.duration_since(self.session_started) >= self.p.max_session
             && !self.driver.answering()
             && !self.caller_speaking
+            && !self.turn_pending
             && !self.playout.is_playing(now)
             && self.running.is_empty()
             && self.ending.is_none()
@@ -908,10 +913,12 @@ where
                 now + Duration::from_millis(250)
             });
         }
-        [self.dtmf_due, ending]
-            .into_iter()
-            .flatten()
-            .fold(Some(at), |a, b| a.map(|a| a.min(b)))
+        Some(
+            [self.dtmf_due, ending]
+                .into_iter()
+                .flatten()
+                .fold(at, Instant::min),
+        )
     }
 
     async fn on_timer(&mut self) -> Step {
@@ -1215,6 +1222,7 @@ where
             }
             ModelEvent::CallerStopped => {
                 self.caller_speaking = false;
+                self.turn_pending = true;
                 self.turns += 1;
                 self.speech_stopped_at = Some(received);
             }
@@ -1227,6 +1235,7 @@ where
                 usage,
                 failed,
             } => {
+                self.turn_pending = false;
                 self.count_usage(usage);
                 if failed {
                     self.m.error("response_failed");

@@ -882,6 +882,13 @@ async fn the_session_rolls_over_at_a_quiet_moment() {
         ))
         .await
         .unwrap();
+    // The caller's turn is answered (a rollover never cuts into that).
+    for event in [
+        json!({"type":"response.created","response":{"id":"r1"}}),
+        json!({"type":"response.done","response":{"id":"r1","status":"completed"}}),
+    ] {
+        r.h.to_bridge_model.send(text(event)).await.unwrap();
+    }
     for seq in 300..400u64 {
         r.h.to_bridge_twilio.send(media_frame(seq)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;

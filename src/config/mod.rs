@@ -57,14 +57,19 @@ impl ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Bind address of the HTTP/WebSocket server.
+    /// Bind address of the Twilio-facing HTTP/WebSocket server (`/voice`, `/media`, …).
     pub listen: SocketAddr,
+    /// Bind address of the admin server: `/metrics`, `/healthz`, `/readyz`.
+    /// Never the Twilio-facing port: probes, scrapes and the drain use this one.
+    pub admin_listen: SocketAddr,
     /// The `https://host[:port]` Twilio reaches. Required by `serve`.
     pub public_url: Option<String>,
     /// Admission limit: concurrent calls this process accepts.
     pub max_calls: usize,
     /// Seconds a SIGTERM waits for live calls before closing them.
     pub drain_timeout: u64,
+    /// No call lasts longer than this, in seconds.
+    pub max_call_secs: u64,
     pub realtime: RealtimeConfig,
     pub audio: AudioConfig,
     pub twilio: TwilioConfig,
@@ -159,6 +164,16 @@ pub struct RealtimeConfig {
     pub delegation_model: String,
     /// Seconds allowed for the TCP + TLS + WebSocket handshake to the model.
     pub connect_timeout: u64,
+    /// A PEM file of CA certificates trusted for a `wss://` model endpoint,
+    /// in addition to the public web roots (a private CA). Unset: web roots only.
+    pub ca_file: Option<PathBuf>,
+    /// How long a call may wait for a lost model socket to be reopened, ms.
+    pub reconnect_budget_ms: u64,
+    /// A session older than this is replaced at the first quiet moment,
+    /// before the provider's own limit (60 min at OpenAI, 30 at Azure).
+    pub max_session_secs: u64,
+    /// A μ-law 8 kHz file (`.ulaw`) played to the caller while reconnecting.
+    pub reconnect_filler: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +200,9 @@ pub struct TwilioConfig {
     /// Twilio's REST API (hang-up, transfer, outbound calls): `https://api.twilio.com`,
     /// or a fake on loopback in tests. `http(s)://host[:port][/path]`, no query.
     pub api_base_url: String,
+    /// No message from Twilio for this long ends the call, ms (Twilio
+    /// streams continuously, silence included).
+    pub idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,15 +231,21 @@ impl Default for Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9091)),
             public_url: None,
             max_calls: CALLS_PER_CORE * cores,
             drain_timeout: 300,
+            max_call_secs: 4 * 3600,
             realtime: RealtimeConfig {
                 url: None,
                 dialect: Dialect::Ga,
                 model: None,
                 delegation_model: "gpt-5.5".into(),
                 connect_timeout: 10,
+                ca_file: None,
+                reconnect_budget_ms: 10_000,
+                max_session_secs: 3300,
+                reconnect_filler: None,
             },
             audio: AudioConfig {
                 mode: AudioMode::Pcm16,
@@ -232,6 +256,7 @@ impl Default for Config {
                 stream_token_ttl: 60,
                 fallback_say: String::new(),
                 api_base_url: DEFAULT_TWILIO_API_BASE_URL.into(),
+                idle_timeout_ms: 15_000,
             },
             agent: AgentConfig {
                 instructions: "You are a helpful, concise voice assistant on a phone call. \
@@ -290,6 +315,15 @@ impl Config {
         if self.max_calls == 0 {
             return Err(ConfigError::key("max_calls", "must be at least 1 (got 0)"));
         }
+        if same_socket(self.listen, self.admin_listen) {
+            return Err(ConfigError::key(
+                "admin_listen",
+                format!(
+                    "must differ from listen ({}): /metrics, /healthz and /readyz are never served on the Twilio-facing port",
+                    self.listen
+                ),
+            ));
+        }
         self.realtime_url()?;
         match (&self.realtime.model, self.realtime.dialect.is_live()) {
             (Some(model), true) if model.trim().is_empty() => {
@@ -318,6 +352,10 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if let Some(path) = &self.realtime.ca_file {
+            crate::upstream::client::roots_with_ca_file(Some(path))
+                .map_err(|e| ConfigError::key("realtime.ca_file", e.to_string()))?;
+        }
         if let Some(lead) = self.audio.playout_lead_ms {
             if !(20..=2000).contains(&lead) {
                 return Err(ConfigError::key(
@@ -332,6 +370,35 @@ impl Config {
                 "twilio.stream_token_ttl",
                 "must be at least 1 second",
             ));
+        }
+        let ranges: [(&str, u64, u64, u64); 4] = [
+            ("max_call_secs", self.max_call_secs, 60, 7 * 24 * 3600),
+            (
+                "realtime.reconnect_budget_ms",
+                self.realtime.reconnect_budget_ms,
+                0,
+                120_000,
+            ),
+            (
+                "realtime.max_session_secs",
+                self.realtime.max_session_secs,
+                5,
+                24 * 3600,
+            ),
+            (
+                "twilio.idle_timeout_ms",
+                self.twilio.idle_timeout_ms,
+                1000,
+                600_000,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::key(
+                    key,
+                    format!("must be between {min} and {max} (got {value})"),
+                ));
+            }
         }
         self.agent.validate("agent")?;
         agent::validate_profiles(&self.agents, &self.agent, self.audio.mode)?;
@@ -471,14 +538,15 @@ impl Config {
 }
 
 /// `CALLBRIDGE_REALTIME__URL` → `realtime.url`; `CALLBRIDGE_MAX_CALLS` → `max_calls`.
-/// `CALLBRIDGE_CONFIG` names the file and is not a key.
+/// `CALLBRIDGE_CONFIG` names the file and is not a key; neither are the
+/// Kubernetes service-link variables ([`is_service_link`]).
 fn env_dict(env: &HashMap<String, String>) -> figment::value::Dict {
     let mut root = figment::value::Dict::new();
     for (name, value) in env {
-        let Some(rest) = name.strip_prefix("CALLBRIDGE_") else {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if rest.is_empty() || rest == "CONFIG" {
+        if rest.is_empty() || rest == "CONFIG" || is_service_link(name, value) {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -487,12 +555,166 @@ fn env_dict(env: &HashMap<String, String>) -> figment::value::Dict {
     root
 }
 
+const ENV_PREFIX: &str = "CALLBRIDGE_";
+const ENV_LAYER: &str = "CALLBRIDGE_* environment";
+
+/// True for a variable the kubelet injects into every pod of a namespace
+/// that has a Service named `callbridge` (`CALLBRIDGE_SERVICE_HOST`,
+/// `CALLBRIDGE_SERVICE_PORT[_<PORT NAME>]`, `CALLBRIDGE_PORT=tcp://…`,
+/// `CALLBRIDGE_PORT_8080_TCP[_PROTO|_PORT|_ADDR]`) or `callbridge-<x>` (the
+/// same shapes with `<X>_` after the prefix; there, a bare `…_PORT` counts
+/// only with a `tcp://`, `udp://` or `sctp://` value, so that a mistyped
+/// `CALLBRIDGE_ADMIN_PORT=9091` is still reported). These are not
+/// configuration keys and never stop the service; a real key is never one.
+pub fn is_service_link(name: &str, value: &str) -> bool {
+    let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+        return false;
+    };
+    if rest.is_empty() || known_keys().contains(&env_to_key(rest)) {
+        return false;
+    }
+    // The Service named `callbridge` itself: by name alone.
+    if rest == "PORT" || rest.starts_with("PORT_") || rest.starts_with("SERVICE_") {
+        return true;
+    }
+    // A Service named `callbridge-<x>`: Service names are DNS labels, so the
+    // `<X>` part has single underscores only, never the `__` of a section.
+    if rest.contains("__") {
+        return false;
+    }
+    let parts: Vec<&str> = rest.split('_').collect();
+    let is_proto = |p: &str| matches!(p, "TCP" | "UDP" | "SCTP");
+    (1..parts.len()).any(|i| match &parts[i..] {
+        ["SERVICE", "HOST"] => true,
+        ["SERVICE", "PORT", ..] => true,
+        ["PORT"] => ["tcp://", "udp://", "sctp://"]
+            .iter()
+            .any(|scheme| value.starts_with(scheme)),
+        ["PORT", port, proto] | ["PORT", port, proto, "PROTO" | "PORT" | "ADDR"] => {
+            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && is_proto(proto)
+        }
+        _ => false,
+    })
+}
+
+/// `REALTIME__URL` → `realtime.url`.
+fn env_to_key(rest: &str) -> String {
+    rest.split("__")
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `realtime.url` → `CALLBRIDGE_REALTIME__URL`.
+fn key_to_env(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.split('.')
+            .map(str::to_ascii_uppercase)
+            .collect::<Vec<_>>()
+            .join("__")
+    )
+}
+
+/// Every configuration key, dotted (`realtime.url`); tables of user-chosen
+/// names (`agents`) and lists (`agent.tools`) appear as themselves.
+fn known_keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) if !map.is_empty() => {
+                    for (k, v) in map {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, v, out);
+                    }
+                }
+                _ => out.push(prefix.to_owned()),
+            }
+        }
+        let mut keys = Vec::new();
+        if let Ok(value) = serde_json::to_value(Config::default()) {
+            walk("", &value, &mut keys);
+        }
+        keys.sort();
+        keys
+    })
+}
+
+/// The real key an unknown one most likely meant: the nearest by edit
+/// distance (in the form it was written: `CALLBRIDGE_…` names compare as
+/// names, so `LOG_FORMAT` finds `LOG__FORMAT`), or else the one key with the
+/// same last part in another section (`CALLBRIDGE_URL` → `realtime.url`).
+/// `siblings` are the keys valid where the unknown one was found.
+fn closest_key(unknown: &str, siblings: &[String], from_env: bool) -> Option<String> {
+    let form = |key: &str| {
+        if from_env {
+            key_to_env(key)
+        } else {
+            key.to_owned()
+        }
+    };
+    let written = form(unknown);
+    let mut candidates: Vec<String> = known_keys().to_vec();
+    candidates.extend(siblings.iter().cloned());
+    let best = candidates
+        .iter()
+        .filter(|k| k.as_str() != unknown)
+        .map(|k| (edit_distance(&written, &form(k)), k))
+        .min_by(|(da, a), (db, b)| da.cmp(db).then(a.len().cmp(&b.len())));
+    if let Some((distance, key)) = best {
+        let len = written
+            .len()
+            .saturating_sub(if from_env { ENV_PREFIX.len() } else { 0 });
+        if distance <= 2.max(len / 4) {
+            return Some(key.clone());
+        }
+    }
+    let last = unknown.rsplit('.').next().unwrap_or(unknown);
+    candidates
+        .iter()
+        .filter(|k| k.rsplit('.').next() == Some(last) && k.as_str() != unknown)
+        .min_by_key(|k| k.len())
+        .cloned()
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions
+/// and transpositions of neighbours each cost 1 (ASCII case ignored).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// The environment layer, named so that errors say where a value came from.
 struct EnvLayer(figment::value::Dict);
 
 impl figment::Provider for EnvLayer {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("CALLBRIDGE_* environment")
+        figment::Metadata::named(ENV_LAYER)
     }
     fn data(
         &self,
@@ -543,6 +765,9 @@ fn from_figment(err: figment::Error) -> ConfigError {
             key.push_str(part);
         }
     }
+    if let figment::error::Kind::UnknownField(field, expected) = &err.kind {
+        return unknown_key(key, field, expected, err.metadata.as_ref());
+    }
     let mut reason = err.kind.to_string();
     if let Some(meta) = err.metadata.as_ref() {
         match &meta.source {
@@ -555,6 +780,58 @@ fn from_figment(err: figment::Error) -> ConfigError {
     } else {
         ConfigError::Key { key, reason }
     }
+}
+
+/// True when binding both addresses would collide: the same non-zero port
+/// on the same address, or on any address when one of them is a wildcard.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// An unknown key: named as it was written (the variable, for the
+/// environment), with the closest real key when one is close.
+fn unknown_key(
+    key: String,
+    field: &str,
+    expected: &[&str],
+    meta: Option<&figment::Metadata>,
+) -> ConfigError {
+    let from_env = meta.is_some_and(|m| m.name == ENV_LAYER);
+    let parent = key
+        .strip_suffix(field)
+        .map(|p| p.trim_end_matches('.'))
+        .unwrap_or("");
+    let siblings: Vec<String> = expected
+        .iter()
+        .map(|e| {
+            if parent.is_empty() {
+                (*e).to_owned()
+            } else {
+                format!("{parent}.{e}")
+            }
+        })
+        .collect();
+    let suggestion = closest_key(&key, &siblings, from_env);
+    let mut reason = if from_env {
+        format!("unknown key, set by {}", key_to_env(&key))
+    } else {
+        match meta.and_then(|m| m.source.as_ref()) {
+            Some(source) => format!("unknown key (in {source})"),
+            None => "unknown key".to_owned(),
+        }
+    };
+    match suggestion {
+        Some(s) if from_env => reason.push_str(&format!("; did you mean {}?", key_to_env(&s))),
+        Some(s) => reason.push_str(&format!("; did you mean `{s}`?")),
+        None if expected.is_empty() => {}
+        None => {
+            let list: Vec<String> = expected.iter().map(|e| format!("`{e}`")).collect();
+            reason.push_str(&format!("; expected one of {}", list.join(", ")));
+        }
+    }
+    ConfigError::Key { key, reason }
 }
 
 fn parse_public_url(raw: &str) -> Result<Url, ConfigError> {
@@ -644,6 +921,7 @@ mod tests {
     fn defaults_are_valid_and_match_the_design() {
         let c = Config::load(None, &env(&[])).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "0.0.0.0:9091".parse().unwrap());
         assert_eq!(c.realtime.url, None);
         assert_eq!(
             c.realtime_url().unwrap().as_str(),
@@ -865,8 +1143,152 @@ mod tests {
     #[test]
     fn unknown_key_in_file_is_rejected() {
         let f = toml_file("[realtime]\nurll = \"wss://x\"\n");
-        let (key, _) = key_error(Config::load(Some(f.path()), &env(&[])));
+        let (key, reason) = key_error(Config::load(Some(f.path()), &env(&[])));
         assert_eq!(key, "realtime.urll");
+        assert!(reason.contains("did you mean `realtime.url`?"), "{reason}");
+        assert!(reason.contains(&f.path().display().to_string()), "{reason}");
+    }
+
+    /// What the kubelet injects for a Service named `callbridge` (and one
+    /// named `callbridge-admin`) in the pod's namespace.
+    const SERVICE_LINKS: &[(&str, &str)] = &[
+        ("CALLBRIDGE_PORT", "tcp://10.96.0.12:8080"),
+        ("CALLBRIDGE_SERVICE_HOST", "10.96.0.12"),
+        ("CALLBRIDGE_SERVICE_PORT", "8080"),
+        ("CALLBRIDGE_SERVICE_PORT_HTTP", "8080"),
+        ("CALLBRIDGE_SERVICE_PORT_ADMIN", "9091"),
+        ("CALLBRIDGE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("CALLBRIDGE_PORT_8080_TCP_PROTO", "tcp"),
+        ("CALLBRIDGE_PORT_8080_TCP_PORT", "8080"),
+        ("CALLBRIDGE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("CALLBRIDGE_PORT_9091_TCP_ADDR", "10.96.0.12"),
+        ("CALLBRIDGE_ADMIN_SERVICE_HOST", "10.96.0.13"),
+        ("CALLBRIDGE_ADMIN_SERVICE_PORT", "9091"),
+        ("CALLBRIDGE_ADMIN_PORT", "tcp://10.96.0.13:9091"),
+        ("CALLBRIDGE_ADMIN_PORT_9091_TCP", "tcp://10.96.0.13:9091"),
+        ("CALLBRIDGE_ADMIN_PORT_9091_TCP_ADDR", "10.96.0.13"),
+        ("CALLBRIDGE_MEDIA_GW_PORT_5060_UDP_PROTO", "udp"),
+    ];
+
+    #[test]
+    fn kubernetes_service_links_never_stop_the_service() {
+        let mut vars = SERVICE_LINKS.to_vec();
+        vars.push(("CALLBRIDGE_MAX_CALLS", "7"));
+        vars.push(("CALLBRIDGE_ADMIN_LISTEN", "127.0.0.1:9191"));
+        let c = Config::load(None, &env(&vars)).unwrap();
+        // The real keys beside them still apply.
+        assert_eq!(c.max_calls, 7);
+        assert_eq!(c.admin_listen, "127.0.0.1:9191".parse().unwrap());
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        for (name, value) in SERVICE_LINKS {
+            assert!(is_service_link(name, value), "{name}");
+        }
+        // Real keys and near misses are not service links.
+        for (name, value) in [
+            ("CALLBRIDGE_LISTEN", "0.0.0.0:8080"),
+            ("CALLBRIDGE_ADMIN_LISTEN", "0.0.0.0:9091"),
+            ("CALLBRIDGE_ADMIN_PORT", "9091"),
+            ("CALLBRIDGE_REALTIME__PORT", "tcp://10.0.0.1:1"),
+            ("CALLBRIDGE_ADMIN_PORT_HTTP_TCP", "tcp://10.0.0.1:1"),
+            ("OTHER_PORT", "tcp://10.0.0.1:1"),
+        ] {
+            assert!(!is_service_link(name, value), "{name}={value}");
+        }
+    }
+
+    #[test]
+    fn unknown_env_keys_are_errors_naming_the_closest_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "CALLBRIDGE_REALTIME__URLL",
+                "realtime.urll",
+                "CALLBRIDGE_REALTIME__URL",
+            ),
+            (
+                "CALLBRIDGE_REALTIME_URL",
+                "realtime_url",
+                "CALLBRIDGE_REALTIME__URL",
+            ),
+            (
+                "CALLBRIDGE_LOG_FORMAT",
+                "log_format",
+                "CALLBRIDGE_LOG__FORMAT",
+            ),
+            ("CALLBRIDGE_MAXCALLS", "maxcalls", "CALLBRIDGE_MAX_CALLS"),
+            (
+                "CALLBRIDGE_ADMIN_LISTN",
+                "admin_listn",
+                "CALLBRIDGE_ADMIN_LISTEN",
+            ),
+            (
+                "CALLBRIDGE_REALTIME__DIALETC",
+                "realtime.dialetc",
+                "CALLBRIDGE_REALTIME__DIALECT",
+            ),
+            (
+                "CALLBRIDGE_AGENT__TURN_DETECTION__THRESHHOLD",
+                "agent.turn_detection.threshhold",
+                "CALLBRIDGE_AGENT__TURN_DETECTION__THRESHOLD",
+            ),
+            // The right name in the wrong place.
+            ("CALLBRIDGE_URL", "url", "CALLBRIDGE_REALTIME__URL"),
+            (
+                "CALLBRIDGE_TWILIO__MODE",
+                "twilio.mode",
+                "CALLBRIDGE_AUDIO__MODE",
+            ),
+        ];
+        for (var, key, suggestion) in cases {
+            let (got, reason) = key_error(Config::load(None, &env(&[(var, "1")])));
+            assert_eq!(&got, key, "{var}: {reason}");
+            assert!(reason.contains(&format!("set by {var}")), "{var}: {reason}");
+            assert!(
+                reason.ends_with(&format!("did you mean {suggestion}?")),
+                "{var}: {reason}"
+            );
+        }
+        // Nothing close: still an error, with the keys that exist there.
+        for var in ["CALLBRIDGE_NO_SUCH_KEY", "CALLBRIDGE_ADMIN_PORT"] {
+            let (_, reason) = key_error(Config::load(None, &env(&[(var, "9091")])));
+            assert!(!reason.contains("did you mean"), "{var}: {reason}");
+            assert!(
+                reason.contains("expected one of `listen`, `admin_listen`"),
+                "{var}: {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_listen_must_not_be_the_public_port() {
+        for (listen, admin) in [
+            ("0.0.0.0:8080", "0.0.0.0:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ] {
+            let (key, reason) = key_error(Config::load(
+                None,
+                &env(&[
+                    ("CALLBRIDGE_LISTEN", listen),
+                    ("CALLBRIDGE_ADMIN_LISTEN", admin),
+                ]),
+            ));
+            assert_eq!(key, "admin_listen", "{listen} {admin}: {reason}");
+        }
+        for (listen, admin) in [
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:9091"),
+        ] {
+            Config::load(
+                None,
+                &env(&[
+                    ("CALLBRIDGE_LISTEN", listen),
+                    ("CALLBRIDGE_ADMIN_LISTEN", admin),
+                ]),
+            )
+            .unwrap();
+        }
     }
 
     #[test]

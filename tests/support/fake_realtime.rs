@@ -32,7 +32,8 @@ pub struct Script {
     /// Deltas of a response still sent after its `response.cancel` arrived,
     /// as a real server may have them in flight.
     pub late_deltas_after_cancel: u32,
-    /// Close the socket after this many client events.
+    /// Close the first session's socket after this many client events
+    /// (later sessions, after a reconnect, stay up).
     pub close_after_events: Option<usize>,
     /// `(name, arguments)`: the caller's first turn is answered with a
     /// completed response holding this function call (§2.5); once its
@@ -176,11 +177,12 @@ async fn session(tcp: tokio::net::TcpStream, rec: Arc<Mutex<Record>>, script: Sc
     let beta = headers
         .iter()
         .any(|(k, v)| k == "openai-beta" && v == "realtime=v1");
-    {
+    let nth = {
         let mut r = rec.lock().unwrap();
         r.sessions += 1;
         r.headers.push(headers);
-    }
+        r.sessions
+    };
     let (mut tx, mut rx) = ws.split();
     // All server events go through one channel so that response tasks and
     // the reader interleave like a real server's single socket.
@@ -235,7 +237,7 @@ async fn session(tcp: tokio::net::TcpStream, rec: Arc<Mutex<Record>>, script: Sc
         rec.lock().unwrap().client_events.push(ev.clone());
         count += 1;
         handle(&mut s, &ev, &out_tx, &rec, &script);
-        if script.close_after_events == Some(count) {
+        if nth == 1 && script.close_after_events == Some(count) {
             break;
         }
     }

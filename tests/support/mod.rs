@@ -32,7 +32,10 @@ pub fn fixture(name: &str) -> Vec<u8> {
 }
 
 pub struct Bridge {
+    /// The public (Twilio-facing) port: `/voice`, `/media`, `/stream-status`.
     pub addr: SocketAddr,
+    /// The admin port: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
     pub metrics: Metrics,
     pub public_url: String,
     stop: Option<oneshot::Sender<()>>,
@@ -40,7 +43,8 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Starts `callbridge serve`'s server on 127.0.0.1:0 against `realtime_url`.
+    /// Starts `callbridge serve`'s server against `realtime_url`, its public
+    /// and admin listeners each on 127.0.0.1:0.
     pub async fn start(realtime_url: &str, tweak: impl FnOnce(&mut Config)) -> Bridge {
         Self::start_with_tools(realtime_url, Arc::new(NoTools), tweak).await
     }
@@ -53,6 +57,8 @@ impl Bridge {
     ) -> Bridge {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
         let mut config = Config {
             public_url: Some(format!("http://{addr}")),
             ..Config::default()
@@ -71,7 +77,7 @@ impl Bridge {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
-                .run(listener, async move {
+                .run(listener, admin_listener, async move {
                     let _ = stopped.await;
                 })
                 .await
@@ -79,6 +85,7 @@ impl Bridge {
         });
         Bridge {
             addr,
+            admin,
             metrics,
             public_url: format!("http://{addr}"),
             stop: Some(stop),

@@ -11,14 +11,37 @@ use anyhow::{bail, Context as _};
 use url::Url;
 
 use callbridge::config::Secrets;
-use callbridge_sim::{caller, loadtest, BargeIn, CallOptions, LoadOptions, Progress};
+use callbridge_sim::{caller, loadtest, BargeIn, CallOptions, LoadOptions, Progress, Transport};
+
+/// How to reach a bridge behind TLS: shared by `call` and `loadtest`.
+#[derive(Debug, clap::Args)]
+pub struct ReachArgs {
+    /// Also trust the CA certificates in this PEM file for https:// and
+    /// wss:// (a private CA), besides the public web roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Connect to ADDR (ip:port) whenever a URL's host is HOST, like curl's
+    /// --resolve; TLS and the Host header still use HOST, and signatures the
+    /// URL as given. Repeatable. E.g. bridge.example.com:203.0.113.5:443.
+    #[arg(long, value_name = "HOST:ADDR")]
+    pub resolve: Vec<String>,
+}
+
+impl ReachArgs {
+    fn transport(&self) -> anyhow::Result<Transport> {
+        Ok(Transport::new(self.ca_file.as_deref(), &self.resolve)?)
+    }
+}
 
 /// `callbridge call`: one simulated Twilio call against a running bridge.
 #[derive(Debug, clap::Args)]
 pub struct CallArgs {
-    /// The bridge's base URL (its public URL, plain http), e.g. http://127.0.0.1:8080.
+    /// The bridge's base URL (its public URL: the http:// or https:// address
+    /// Twilio uses), e.g. http://127.0.0.1:8080 or https://bridge.example.com.
     #[arg(long)]
     pub bridge: Url,
+    #[command(flatten)]
+    pub reach: ReachArgs,
     /// What the caller says: .ulaw (μ-law 8 kHz) or 16-bit mono .wav (8 or 24 kHz).
     /// Default: a built-in six-second spoken request (the demo's).
     #[arg(long)]
@@ -45,10 +68,12 @@ pub struct CallArgs {
 /// bridge CPU/memory.
 #[derive(Debug, clap::Args)]
 pub struct LoadtestArgs {
-    /// The bridge's base URL (plain http), e.g. http://127.0.0.1:8080. Its
-    /// realtime.url should be `callbridge echo-realtime --mode loopback`.
+    /// The bridge's base URL (http:// or https://), e.g. http://127.0.0.1:8080.
+    /// Its realtime.url should be `callbridge echo-realtime --mode loopback`.
     #[arg(long)]
     pub bridge: Url,
+    #[command(flatten)]
+    pub reach: ReachArgs,
     /// Concurrent calls (at most 5000).
     #[arg(long)]
     pub calls: u32,
@@ -96,6 +121,7 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
         None => callbridge_sim::demo::SPEECH.to_vec(),
     };
     let mut opts = CallOptions::new(args.bridge, audio);
+    opts.transport = args.reach.transport()?;
     opts.auth_token = auth_token()?;
     opts.trailing_silence = seconds("--trailing-silence", args.trailing_silence)?;
     opts.max_duration = seconds("--max-duration", args.max_duration)?;
@@ -173,6 +199,7 @@ pub fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
         seconds("--duration", args.duration)?,
     );
     opts.ramp = seconds("--ramp", args.ramp)?;
+    opts.transport = args.reach.transport()?;
     opts.bridge_pid = args.bridge_pid;
     opts.auth_token = auth_token()?;
     if let Some(path) = &args.audio {
