@@ -12,8 +12,9 @@
 //! - [`audio`]: pure audio code: G.711 μ-law tables ([`audio::g711`]), the
 //!   streaming 8 ⇄ 24 kHz polyphase resampler ([`audio::resample`]), per-call
 //!   transcoders, and the offline converter behind `callbridge audio convert`.
-//! - [`twilio`]: pure Twilio protocol code: Media Streams messages, request
-//!   signatures, per-call stream tokens, TwiML.
+//! - [`twilio`]: Twilio protocol code: Media Streams messages, request
+//!   signatures, per-call stream tokens, TwiML (pure), and the REST client
+//!   for hang-up, transfer and outbound calls.
 //! - [`ws`]: the WebSocket message types both legs share, and the adapter
 //!   for the model's socket (below both `call` and `upstream`: no cycles).
 //! - [`upstream`]: the model side behind one interface ([`upstream::Driver`]):
@@ -21,12 +22,14 @@
 //!   pure protocol drivers, and the client socket (the one module that
 //!   touches it).
 //! - [`call`]: one call: the Media Stream handshake, the relay loop (generic
-//!   over `Sink`/`Stream` and over the driver), the pure pacing + mark ledger
-//!   behind barge-in, and the tool runner interface.
+//!   over `Sink`/`Stream` and over the driver; reconnection and rollover),
+//!   the pure pacing + mark ledger behind barge-in, the tool runner interface
+//!   and HTTP tools, and the built-in call control (`end_call`, transfer).
 //! - [`metrics`]: every Prometheus metric, defined once; lock-free on the
 //!   per-frame path.
-//! - [`server`]: the axum server: `/voice`, `/media`, `/stream-status`,
-//!   `/metrics`, `/healthz`, `/readyz`; admission control and graceful drain.
+//! - [`server`]: the axum server: the public port (`/voice`, `/media`,
+//!   `/stream-status`) and the admin port (`/metrics`, `/healthz`,
+//!   `/readyz`); profiles, admission control and graceful drain.
 //!
 //! The test tooling (the local model peer, the simulated Twilio caller, the
 //! demo and the load generator) lives in its own crate, `callbridge-sim`
