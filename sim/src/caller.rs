@@ -166,6 +166,9 @@ pub struct CallReport {
     pub media_received: u64,
     /// Bytes of answer audio played to the caller (8 per ms).
     pub bytes_heard: u64,
+    /// Bytes of answer audio received (8 per ms): heard, cleared, or still
+    /// queued when the call ended.
+    pub bytes_received: u64,
     /// The close code of the bridge's close frame, if it sent one.
     pub close_code: Option<u16>,
     /// From the first media frame to the end of the stream.
@@ -222,9 +225,10 @@ impl std::fmt::Display for CallReport {
         )?;
         writeln!(
             f,
-            "  frames            {} sent; {} media received, {:.2} s of answer heard",
+            "  audio             {} frames of 20 ms sent; {} media messages received ({:.2} s of answer), {:.2} s of it heard (the rest cleared by a barge-in or unplayed at hang-up)",
             self.frames_sent,
             self.media_received,
+            self.bytes_received as f64 / 8000.0,
             self.bytes_heard as f64 / 8000.0
         )?;
         if self.bargeins > 0 {
@@ -700,6 +704,7 @@ impl Call {
                 self.spoke_since_answer = false;
                 self.cleared_since_media = false;
                 self.last_media_at = Some(now);
+                self.report.bytes_received += self.audio.len() as u64;
                 self.playback.enqueue(&self.audio);
             }
             Outbound::Mark { mark, .. } => {

@@ -97,7 +97,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("{report}");
     println!("bridge side");
     println!(
-        "  frames relayed    {} in, {} out (20 ms frames to Twilio)",
+        "  frames relayed    {} caller frames to the model, {} media messages of answer audio to Twilio",
         side.frames_in, side.frames_out
     );
     if args.dialect.is_live() {
