@@ -1146,7 +1146,9 @@ mod tests {
         let (key, reason) = key_error(Config::load(Some(f.path()), &env(&[])));
         assert_eq!(key, "realtime.urll");
         assert!(reason.contains("did you mean `realtime.url`?"), "{reason}");
-        assert!(reason.contains(&f.path().display().to_string()), "{reason}");
+        // figment names the file relative to the working directory when it can.
+        let name = f.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(reason.contains(&name), "{reason}");
     }
 
     /// What the kubelet injects for a Service named `callbridge` (and one
