@@ -22,6 +22,7 @@
 pub mod client;
 pub mod live;
 pub mod realtime;
+mod wire;
 
 use std::borrow::Cow;
 

@@ -10,6 +10,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use crate::upstream::wire::{opt_cow, unhandled_type};
+
 /// One server event, as the driver needs it.
 #[derive(Debug, PartialEq)]
 pub enum LiveEvent<'a> {
@@ -116,16 +118,6 @@ struct Raw<'a> {
     error: Option<LiveError>,
 }
 
-/// serde never borrows through `Option<Cow<str>>` by itself.
-fn opt_cow<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
-}
-
 #[derive(Deserialize)]
 struct RawSession {
     #[serde(default)]
@@ -178,12 +170,6 @@ struct RawItem {
     status: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct TypeOnly<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-}
-
 /// Events whose fields the driver reads: a type error in one of them is
 /// malformed input; in any other event it is none of our business.
 const HANDLED: &[&str] = &[
@@ -202,12 +188,9 @@ pub fn parse_live_event(frame: &[u8]) -> Result<LiveEvent<'_>, LiveEventError> {
     let raw: Raw<'_> = match serde_json::from_slice(frame) {
         Ok(raw) => raw,
         Err(full_err) => {
-            let only: TypeOnly<'_> =
-                serde_json::from_slice(frame).map_err(|e| LiveEventError(e.to_string()))?;
-            if HANDLED.contains(&only.kind.as_ref()) {
-                return Err(LiveEventError(format!("{}: {full_err}", only.kind)));
-            }
-            return Ok(LiveEvent::Other(only.kind));
+            return unhandled_type(frame, HANDLED, &full_err)
+                .map(LiveEvent::Other)
+                .map_err(LiveEventError);
         }
     };
     let missing = |field: &str| LiveEventError(format!("{}: missing `{field}`", raw.kind));

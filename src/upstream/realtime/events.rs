@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 
 use crate::upstream::push_json_str;
+use crate::upstream::wire::{opt_cow, unhandled_type};
 
 /// One server event, as the bridge needs it.
 #[derive(Debug, PartialEq)]
@@ -181,18 +182,6 @@ struct RawItem {
     call: FunctionCall,
 }
 
-/// serde never borrows through `Option<Cow<str>>` on its own (it always
-/// allocates); a newtype with `#[serde(borrow)]` does, which keeps audio
-/// deltas uncopied.
-fn opt_cow<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
-}
-
 #[derive(Deserialize)]
 struct RawResponse {
     #[serde(default)]
@@ -201,12 +190,6 @@ struct RawResponse {
     status: Option<String>,
     #[serde(default)]
     usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct TypeOnly<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
 }
 
 /// Event types whose fields the bridge reads; a type error in one of them is
@@ -233,14 +216,10 @@ pub fn parse_server_event(frame: &[u8]) -> Result<ServerEvent<'_>, EventError> {
     let raw: RawEvent<'_> = match serde_json::from_slice(frame) {
         Ok(raw) => raw,
         Err(full_err) => {
-            // Fields we never read may legitimately hold other types in
-            // events we do not handle; only our own events must parse fully.
-            let only: TypeOnly<'_> =
-                serde_json::from_slice(frame).map_err(|e| EventError::Malformed(e.to_string()))?;
-            if HANDLED.contains(&only.kind.as_ref()) {
-                return Err(EventError::Malformed(format!("{}: {full_err}", only.kind)));
-            }
-            return Ok(ServerEvent::Other(only.kind));
+            // Only our own events must parse fully.
+            return unhandled_type(frame, HANDLED, &full_err)
+                .map(ServerEvent::Other)
+                .map_err(EventError::Malformed);
         }
     };
     let missing = |field: &str| EventError::Malformed(format!("{}: missing `{field}`", raw.kind));
