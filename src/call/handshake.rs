@@ -77,7 +77,9 @@ where
                 .to_owned()
         }
         // Local testing without signatures: the profile is taken on trust.
-        (None, Some(token)) => token.split('.').nth(2).unwrap_or_default().to_owned(),
+        (None, Some(token)) => StreamTokens::unverified_profile(token)
+            .unwrap_or_default()
+            .to_owned(),
         (None, None) => String::new(),
     };
     start.profile = profile;

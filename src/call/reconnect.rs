@@ -49,10 +49,6 @@ impl Backoff {
         let jitter = (self.state % 501) as u32; // 0..=500 → −25 %..+25 %
         base * (750 + jitter) / 1000
     }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
 }
 
 /// Caller audio (μ-law, as Twilio sent it) kept while no model socket is
@@ -95,10 +91,6 @@ impl HeldAudio {
     pub fn take_frames(&mut self, frame: usize) -> Vec<Vec<u8>> {
         let all: Vec<u8> = self.buf.drain(..).collect();
         all.chunks(frame.max(1)).map(<[u8]>::to_vec).collect()
-    }
-
-    pub fn clear(&mut self) {
-        self.buf.clear();
     }
 }
 
