@@ -30,6 +30,8 @@
 //! - [`server`]: the axum server: the public port (`/voice`, `/media`,
 //!   `/stream-status`) and the admin port (`/metrics`, `/healthz`,
 //!   `/readyz`); profiles, admission control and graceful drain.
+//! - [`serve`]: the accept loop under both ports: hyper's header-read timer
+//!   and a cap on open connections.
 //!
 //! The test tooling (the local model peer, the simulated Twilio caller, the
 //! demo and the load generator) lives in its own crate, `callbridge-sim`
@@ -41,6 +43,7 @@ pub mod audio;
 pub mod call;
 pub mod config;
 pub mod metrics;
+pub mod serve;
 pub mod server;
 pub mod twilio;
 pub mod upstream;

@@ -16,23 +16,23 @@
 //! one `call ended` line (outcome, duration, turns, barge-ins, frames, tool
 //! calls). No audio, transcript or secret is ever logged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -47,6 +47,7 @@ use crate::call::{close_code, WsIn, WsOut};
 use crate::config::redact_query;
 use crate::config::{Config, ConfigError, Profile, Secrets, DEFAULT_PROFILE};
 use crate::metrics::{Metrics, Outcome};
+use crate::serve::{serve, HttpLimits};
 use crate::twilio::rest::TwilioRest;
 use crate::twilio::token::StreamTokens;
 use crate::twilio::{signature, twiml};
@@ -62,6 +63,8 @@ const WS_MAX_MESSAGE: usize = 256 << 10;
 const WS_MAX_WRITE_BUFFER: usize = 1 << 20;
 /// After the drain deadline, how long closing the remaining calls may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Open connections on the admin port (probes, scrapers, `POST /calls`).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -126,6 +129,11 @@ struct Shared {
     stream_tokens: StreamTokens,
     metrics: Metrics,
     active: AtomicUsize,
+    /// Upgraded `/media` sockets still waiting for a valid `start`: their
+    /// own small budget, apart from `max_calls`.
+    pending_streams: Arc<Semaphore>,
+    /// CallSids with a live stream in this process: one stream each.
+    streaming: Mutex<HashSet<String>>,
     draining: AtomicBool,
     tracker: TaskTracker,
     /// Fired when the drain deadline passes: live calls close.
@@ -262,6 +270,7 @@ impl Server {
             },
         };
         metrics.calls_max.set(config.max_calls as i64);
+        let pending_streams = Arc::new(Semaphore::new(config.http.max_pending_streams));
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -274,6 +283,8 @@ impl Server {
                 stream_tokens,
                 metrics,
                 active: AtomicUsize::new(0),
+                pending_streams,
+                streaming: Mutex::new(HashSet::new()),
                 draining: AtomicBool::new(false),
                 tracker: TaskTracker::new(),
                 close_calls: CancellationToken::new(),
@@ -350,15 +361,41 @@ impl Server {
     ) -> Result<(), ServeError> {
         let shared = self.shared.clone();
         let stop_http = CancellationToken::new();
-        let public = public.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let public_http = axum::serve(public, self.router())
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-        let admin_http = axum::serve(admin, self.admin_router())
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-        let public_task = tokio::spawn(async move { public_http.await });
-        let admin_task = tokio::spawn(async move { admin_http.await });
+        let http = &shared.config.http;
+        let public_limits = HttpLimits {
+            header_read_timeout: http.header_read_timeout(),
+            max_connections: http.max_connections,
+            nodelay: true,
+        };
+        // The admin port faces probes and scrapers, not the internet: the
+        // same head timeout, a small fixed cap.
+        let admin_limits = HttpLimits {
+            header_read_timeout: http.header_read_timeout(),
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            nodelay: false,
+        };
+        let refused = {
+            let m = shared.metrics.clone();
+            move || m.error("connection_cap")
+        };
+        let admin_refused = {
+            let m = shared.metrics.clone();
+            move || m.error("admin_connection_cap")
+        };
+        let public_task = tokio::spawn(serve(
+            public,
+            self.router(),
+            public_limits,
+            refused,
+            stop_http.clone(),
+        ));
+        let admin_task = tokio::spawn(serve(
+            admin,
+            self.admin_router(),
+            admin_limits,
+            admin_refused,
+            stop_http.clone(),
+        ));
 
         shutdown.await;
         shared.draining.store(true, Ordering::SeqCst);
@@ -452,18 +489,40 @@ fn forbidden(shared: &Shared, path: &str) -> Response {
     (StatusCode::FORBIDDEN, "invalid signature\n").into_response()
 }
 
-/// A Twilio form POST's parameters, if its signature checks out.
-fn signed_form(
+/// A Twilio form POST's parameters, if the body arrives within
+/// `http.body_timeout_ms` and `http.max_body_bytes` (else 408 or 413, and
+/// hyper closes the connection) and its signature checks out (else 403).
+async fn signed_form(
     shared: &Shared,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
-    body: &[u8],
-) -> Option<Vec<(String, String)>> {
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    body: Body,
+) -> Result<Vec<(String, String)>, Response> {
+    let limits = &shared.config.http;
+    let read = axum::body::to_bytes(body, limits.max_body_bytes);
+    let body: Bytes = match tokio::time::timeout(limits.body_timeout(), read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            let too_large = e.into_inner().is::<http_body_util::LengthLimitError>();
+            return Err(if too_large {
+                shared.metrics.error("body_too_large");
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response()
+            } else {
+                (StatusCode::BAD_REQUEST, "cannot read the request body\n").into_response()
+            });
+        }
+        Err(_) => {
+            shared.metrics.error("body_timeout");
+            return Err((StatusCode::REQUEST_TIMEOUT, "request body too slow\n").into_response());
+        }
+    };
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let url = shared.signed_url(shared.public.scheme(), uri);
-    shared
-        .check_signature(headers, &url, &params)
-        .then_some(params)
+    if shared.check_signature(headers, &url, &params) {
+        Ok(params)
+    } else {
+        Err(forbidden(shared, uri.path()))
+    }
 }
 
 /// Twilio's voice webhook: answers with a `<Connect><Stream>` carrying a
@@ -472,10 +531,11 @@ async fn voice(
     State(shared): State<Arc<Shared>>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let Some(params) = signed_form(&shared, &uri, &headers, &body) else {
-        return forbidden(&shared, uri.path());
+    let params = match signed_form(&shared, &uri, &headers, body).await {
+        Ok(params) => params,
+        Err(refused) => return refused,
     };
     let Some(call_sid) = params
         .iter()
@@ -523,10 +583,11 @@ async fn stream_status(
     State(shared): State<Arc<Shared>>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let Some(params) = signed_form(&shared, &uri, &headers, &body) else {
-        return forbidden(&shared, uri.path());
+    let params = match signed_form(&shared, &uri, &headers, body).await {
+        Ok(params) => params,
+        Err(refused) => return refused,
     };
     let get = |name: &str| {
         params
@@ -611,7 +672,34 @@ impl Drop for Slot {
     }
 }
 
-/// The Media Stream upgrade: signature first, then admission, then 101.
+/// Holds a CallSid's claim to the one live stream this process allows it;
+/// released on drop.
+struct Streaming(Arc<Shared>, String);
+
+impl Streaming {
+    fn claim(shared: &Arc<Shared>, call_sid: &str) -> Option<Streaming> {
+        let mut live = shared
+            .streaming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.insert(call_sid.to_owned())
+            .then(|| Streaming(shared.clone(), call_sid.to_owned()))
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0
+            .streaming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.1);
+    }
+}
+
+/// The Media Stream upgrade: signature first, then a pending-stream permit,
+/// then 101. The call slot is taken only once `start` is verified, so
+/// sockets that never start cannot fill `max_calls`.
 async fn media(
     State(shared): State<Arc<Shared>>,
     OriginalUri(uri): OriginalUri,
@@ -622,8 +710,14 @@ async fn media(
     if !shared.check_signature(&headers, &url, &[]) {
         return forbidden(&shared, "/media");
     }
-    let Some(slot) = Slot::acquire(&shared) else {
+    if !shared.accepting() {
         shared.metrics.call_ended(Outcome::Rejected);
+        return (StatusCode::SERVICE_UNAVAILABLE, "not accepting calls\n").into_response();
+    }
+    let Ok(pending) = shared.pending_streams.clone().try_acquire_owned() else {
+        shared.metrics.error("pending_streams_full");
+        shared.metrics.call_ended(Outcome::Rejected);
+        tracing::warn!("stream upgrade refused: too many streams waiting for `start`");
         return (StatusCode::SERVICE_UNAVAILABLE, "not accepting calls\n").into_response();
     };
     let tracked = shared.tracker.token();
@@ -646,7 +740,7 @@ async fn media(
         .on_upgrade(move |socket| {
             async move {
                 let _tracked = tracked;
-                handle_call(shared, slot, socket).await;
+                handle_call(shared, pending, socket).await;
             }
             .instrument(span)
         })
@@ -681,7 +775,7 @@ fn adapt_twilio(
     (tx, rx)
 }
 
-async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
+async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket: WebSocket) {
     let started = tokio::time::Instant::now();
     let (mut twilio_tx, mut twilio_rx) = adapt_twilio(socket);
     let m = &shared.metrics;
@@ -706,7 +800,6 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
                 .await;
             m.call_ended(outcome);
             log_call_ended(outcome, started.elapsed(), None, "stream refused");
-            drop(slot);
             return;
         }
     };
@@ -734,9 +827,39 @@ async fn handle_call(shared: Arc<Shared>, slot: Slot, socket: WebSocket) {
             None,
             "unknown profile",
         );
-        drop(slot);
         return;
     };
+    // One live stream per CallSid: a token (valid for its whole TTL) must
+    // not open a second paid model session beside the first.
+    let Some(_streaming) = Streaming::claim(&shared, &call_sid) else {
+        m.error("duplicate_stream");
+        tracing::warn!("media stream refused: this call already has a live stream");
+        let _ = twilio_tx
+            .send(WsOut::Close(close_code::POLICY, "stream already open"))
+            .await;
+        m.call_ended(Outcome::Unauthorized);
+        log_call_ended(
+            Outcome::Unauthorized,
+            started.elapsed(),
+            None,
+            "duplicate stream",
+        );
+        return;
+    };
+    // Admitted: the call now counts against max_calls, not the pending budget.
+    let Some(slot) = Slot::acquire(&shared) else {
+        tracing::warn!("media stream refused: full or draining");
+        let _ = twilio_tx
+            .send(WsOut::Close(
+                close_code::TRY_AGAIN_LATER,
+                "not accepting calls",
+            ))
+            .await;
+        m.call_ended(Outcome::Rejected);
+        log_call_ended(Outcome::Rejected, started.elapsed(), None, "busy");
+        return;
+    };
+    drop(pending);
     tracing::info!(profile = profile_name, "stream started");
 
     let connect_started = tokio::time::Instant::now();

@@ -41,6 +41,8 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// Internal error: the model could not be reached.
     pub const INTERNAL: u16 = 1011;
+    /// Try again later: the server filled up between upgrade and `start`.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// tungstenite → call core: text frames as bytes (no copy), control frames

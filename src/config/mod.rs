@@ -73,6 +73,8 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     pub audio: AudioConfig,
     pub twilio: TwilioConfig,
+    /// Limits on the public port, against strangers holding it open.
+    pub http: HttpConfig,
     pub agent: AgentConfig,
     /// Per-number assistants (`[agents.<name>]`), chosen by the called number.
     #[serde(default)]
@@ -205,6 +207,36 @@ pub struct TwilioConfig {
     pub idle_timeout_ms: u64,
 }
 
+/// What the public port allows a client before it is a real call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request head must arrive whole within this, ms; idle keep-alive
+    /// connections are closed after it too.
+    pub header_read_timeout_ms: u64,
+    /// A request body (`/voice`, `/stream-status`) must arrive within this, ms.
+    pub body_timeout_ms: u64,
+    /// Largest request body accepted, bytes (Twilio's forms are ~2 KB).
+    pub max_body_bytes: usize,
+    /// Open HTTP connections on the public port beyond which new ones are
+    /// closed at once (Media Streams leave the count once upgraded).
+    pub max_connections: usize,
+    /// Upgraded `/media` sockets that have not yet sent a valid `start`:
+    /// beyond this many, upgrades are refused with 503. They never hold a
+    /// `max_calls` slot.
+    pub max_pending_streams: usize,
+}
+
+impl HttpConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -257,6 +289,13 @@ impl Default for Config {
                 fallback_say: String::new(),
                 api_base_url: DEFAULT_TWILIO_API_BASE_URL.into(),
                 idle_timeout_ms: 15_000,
+            },
+            http: HttpConfig {
+                header_read_timeout_ms: 10_000,
+                body_timeout_ms: 10_000,
+                max_body_bytes: 64 << 10,
+                max_connections: 1024,
+                max_pending_streams: 64,
             },
             agent: AgentConfig {
                 instructions: "You are a helpful, concise voice assistant on a phone call. \
@@ -371,7 +410,7 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 4] = [
+        let ranges: [(&str, u64, u64, u64); 9] = [
             ("max_call_secs", self.max_call_secs, 60, 7 * 24 * 3600),
             (
                 "realtime.reconnect_budget_ms",
@@ -390,6 +429,36 @@ impl Config {
                 self.twilio.idle_timeout_ms,
                 1000,
                 600_000,
+            ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+                100,
+                120_000,
+            ),
+            (
+                "http.body_timeout_ms",
+                self.http.body_timeout_ms,
+                100,
+                120_000,
+            ),
+            (
+                "http.max_body_bytes",
+                self.http.max_body_bytes as u64,
+                1024,
+                16 << 20,
+            ),
+            (
+                "http.max_connections",
+                self.http.max_connections as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "http.max_pending_streams",
+                self.http.max_pending_streams as u64,
+                1,
+                100_000,
             ),
         ];
         for (key, value, min, max) in ranges {
