@@ -6,7 +6,8 @@
 //! placed the call, the entry here closes the gap: the stream's CallSid must
 //! be the one `Calls.json` returned, the reference is used once, and the
 //! context is picked up. Entries live as long as the token (then they are
-//! pruned) and go when Twilio reports the call over.
+//! pruned); when Twilio reports the call over, its entry is kept, used up,
+//! so that the token cannot start a stream afterwards either.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -33,7 +34,7 @@ pub enum Claim {
     Unknown,
     /// Placed here for another CallSid: a token copied to another call.
     WrongCall,
-    /// A second stream with the same reference.
+    /// A second stream with the same reference, or one after the call ended.
     AlreadyUsed,
 }
 
@@ -94,10 +95,17 @@ impl Pending {
         self.lock().remove(reference);
     }
 
-    /// Twilio reports `call_sid` over: its entry goes.
+    /// Twilio reports `call_sid` over: its entry is used up (and its
+    /// context dropped) until it expires.
     pub fn call_over(&self, call_sid: &str) {
-        self.lock()
-            .retain(|_, e| e.call_sid.as_deref() != Some(call_sid));
+        for entry in self
+            .lock()
+            .values_mut()
+            .filter(|e| e.call_sid.as_deref() == Some(call_sid))
+        {
+            entry.claimed = true;
+            entry.context = None;
+        }
     }
 
     /// A stream started with `reference` for `call_sid`.
@@ -157,9 +165,20 @@ mod tests {
             }
         );
         assert_eq!(p.claim(REF, CALL, 150), Claim::AlreadyUsed);
+        // Expired: pruned on the next insert, unknown from then on.
+        p.insert("OB1", None, 400, 201).unwrap();
+        assert_eq!(p.claim(REF, CALL, 202), Claim::Unknown);
+    }
+
+    #[test]
+    fn a_call_over_before_its_stream_uses_its_entry_up() {
+        let p = Pending::default();
+        p.insert(REF, Some("ctx".into()), 200, 100).unwrap();
+        p.created(REF, CALL);
+        p.call_over(OTHER);
         p.call_over(CALL);
-        assert!(p.is_empty());
-        assert_eq!(p.claim(REF, CALL, 150), Claim::Unknown);
+        assert_eq!(p.claim(REF, CALL, 150), Claim::AlreadyUsed);
+        assert_eq!(p.len(), 1);
     }
 
     #[test]
@@ -167,9 +186,10 @@ mod tests {
         let p = Pending::default();
         p.insert(REF, None, 200, 100).unwrap();
         assert_eq!(p.claim(REF, CALL, 101), Claim::Placed { context: None });
+        // The answer's SID does not overwrite the one the stream named.
         p.created(REF, OTHER);
-        p.call_over(CALL);
-        assert!(p.is_empty());
+        p.call_over(OTHER);
+        assert_eq!(p.claim(REF, CALL, 101), Claim::AlreadyUsed);
     }
 
     #[test]
