@@ -27,6 +27,10 @@
 //!   and HTTP tools, and the built-in call control (`end_call`, transfer).
 //! - [`metrics`]: every Prometheus metric, defined once; lock-free on the
 //!   per-frame path.
+//! - [`outbound`]: outbound calls: `POST /calls` on the admin port (checked
+//!   request, TwiML with a reference-bound stream token, `Calls.json`), the
+//!   pending calls whose context reaches the model, status callbacks, and
+//!   the client behind `callbridge dial`.
 //! - [`server`]: the axum server: the public port (`/voice`, `/media`,
 //!   `/stream-status`) and the admin port (`/metrics`, `/healthz`,
 //!   `/readyz`); profiles, admission control and graceful drain.
@@ -43,6 +47,7 @@ pub mod audio;
 pub mod call;
 pub mod config;
 pub mod metrics;
+pub mod outbound;
 pub mod serve;
 pub mod server;
 pub mod twilio;

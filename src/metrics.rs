@@ -257,6 +257,80 @@ impl TwilioOutcome {
     }
 }
 
+/// An outbound call's progress as Twilio's status callback reports it
+/// (`outbound_calls_total{outcome}`): a fixed set, so the label is bounded
+/// whatever `CallStatus` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundOutcome {
+    Initiated,
+    Ringing,
+    /// `in-progress`: the callee picked up.
+    Answered,
+    Completed,
+    Busy,
+    /// `no-answer`.
+    NoAnswer,
+    Failed,
+    Canceled,
+    /// A status this version does not know (`queued`, or something new).
+    Other,
+}
+
+impl OutboundOutcome {
+    pub const ALL: [OutboundOutcome; 9] = [
+        OutboundOutcome::Initiated,
+        OutboundOutcome::Ringing,
+        OutboundOutcome::Answered,
+        OutboundOutcome::Completed,
+        OutboundOutcome::Busy,
+        OutboundOutcome::NoAnswer,
+        OutboundOutcome::Failed,
+        OutboundOutcome::Canceled,
+        OutboundOutcome::Other,
+    ];
+
+    /// From Twilio's `CallStatus` value.
+    pub fn from_call_status(status: &str) -> Self {
+        match status {
+            "initiated" => OutboundOutcome::Initiated,
+            "ringing" => OutboundOutcome::Ringing,
+            "in-progress" | "answered" => OutboundOutcome::Answered,
+            "completed" => OutboundOutcome::Completed,
+            "busy" => OutboundOutcome::Busy,
+            "no-answer" => OutboundOutcome::NoAnswer,
+            "failed" => OutboundOutcome::Failed,
+            "canceled" => OutboundOutcome::Canceled,
+            _ => OutboundOutcome::Other,
+        }
+    }
+
+    /// The call is over: no stream will come for it any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OutboundOutcome::Completed
+                | OutboundOutcome::Busy
+                | OutboundOutcome::NoAnswer
+                | OutboundOutcome::Failed
+                | OutboundOutcome::Canceled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundOutcome::Initiated => "initiated",
+            OutboundOutcome::Ringing => "ringing",
+            OutboundOutcome::Answered => "answered",
+            OutboundOutcome::Completed => "completed",
+            OutboundOutcome::Busy => "busy",
+            OutboundOutcome::NoAnswer => "no_answer",
+            OutboundOutcome::Failed => "failed",
+            OutboundOutcome::Canceled => "canceled",
+            OutboundOutcome::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Twilio,
@@ -310,6 +384,7 @@ pub struct Metrics {
     tool_duration: Family<LabelsOwned, AtomicHistogram, HistCtor>,
     errors_total: Family<Labels1, Counter>,
     twilio_api_requests: Family<Labels2, Counter>,
+    outbound_calls: Family<Labels1, Counter>,
     pub turn_latency: AtomicHistogram,
     pub first_audio: AtomicHistogram,
     pub bargein_latency: AtomicHistogram,
@@ -460,6 +535,15 @@ impl Metrics {
                     .get_or_create(&[("op", op.as_str()), ("outcome", outcome.as_str())]);
             }
         }
+        let outbound_calls = Family::<Labels1, Counter>::default();
+        r.register(
+            "outbound_calls",
+            "Outbound calls' progress as Twilio's status callbacks report it, by outcome",
+            outbound_calls.clone(),
+        );
+        for outcome in OutboundOutcome::ALL {
+            let _ = outbound_calls.get_or_create(&[("outcome", outcome.as_str())]);
+        }
 
         let mut hist = |name: &str, help: &str, buckets: &'static [f64]| {
             let h = AtomicHistogram::new(buckets);
@@ -539,6 +623,7 @@ impl Metrics {
             tool_duration,
             errors_total,
             twilio_api_requests,
+            outbound_calls,
             turn_latency,
             first_audio,
             bargein_latency,
@@ -620,6 +705,19 @@ impl Metrics {
             .get()
     }
 
+    /// Once per status callback of an outbound call.
+    pub fn outbound_call(&self, outcome: OutboundOutcome) {
+        self.outbound_calls
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    pub fn outbound_calls(&self, outcome: OutboundOutcome) -> u64 {
+        self.outbound_calls
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .get()
+    }
+
     /// The Prometheus text exposition (format 0.0.4) of every metric.
     ///
     /// prometheus-client writes OpenMetrics, where a counter's family is
@@ -685,6 +783,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("callbridge_relay_latency_seconds_count{direction=\"inbound\"} 1"));
+    }
+
+    #[test]
+    fn outbound_outcomes_are_bounded() {
+        for (status, want) in [
+            ("initiated", "initiated"),
+            ("ringing", "ringing"),
+            ("in-progress", "answered"),
+            ("completed", "completed"),
+            ("busy", "busy"),
+            ("no-answer", "no_answer"),
+            ("failed", "failed"),
+            ("canceled", "canceled"),
+            ("queued", "other"),
+            ("", "other"),
+            ("<script>", "other"),
+        ] {
+            assert_eq!(OutboundOutcome::from_call_status(status).as_str(), want);
+        }
+        let m = Metrics::new();
+        m.outbound_call(OutboundOutcome::from_call_status("no-answer"));
+        let text = m.encode();
+        assert!(text.contains("callbridge_outbound_calls_total{outcome=\"no_answer\"} 1"));
+        assert!(text.contains("callbridge_outbound_calls_total{outcome=\"other\"} 0"));
+        assert!(OutboundOutcome::Busy.is_final() && !OutboundOutcome::Ringing.is_final());
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! module that touches Twilio's sockets.
 //!
 //! Two listeners: the public one (`listen`) serves Twilio only (`/voice`,
-//! `/media`, `/stream-status`); the admin one (`admin_listen`) serves
-//! `/metrics`, `/healthz` and `/readyz` to probes and scrapers.
+//! `/media`, `/stream-status`, `/call-status`); the admin one
+//! (`admin_listen`) serves `/metrics`, `/healthz` and `/readyz` to probes
+//! and scrapers, and `POST /calls` (outbound calls, [`crate::outbound`])
+//! when an admin token is set.
 //! [`Server::run`] takes both listeners and its shutdown signal as
 //! parameters, so tests start the real server on `127.0.0.1:0` and stop it
 //! at will. axum's graceful shutdown does not wait for upgraded WebSockets,
@@ -25,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{OriginalUri, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -47,6 +49,7 @@ use crate::call::{close_code, WsIn, WsOut};
 use crate::config::redact_query;
 use crate::config::{Config, ConfigError, Profile, Secrets, DEFAULT_PROFILE};
 use crate::metrics::{Metrics, Outcome};
+use crate::outbound::{self, Outbound};
 use crate::serve::{serve, HttpLimits};
 use crate::twilio::rest::TwilioRest;
 use crate::twilio::token::StreamTokens;
@@ -127,6 +130,8 @@ struct Shared {
     reconnect_filler: Option<Arc<Vec<u8>>>,
     auth_tokens: Vec<String>,
     stream_tokens: StreamTokens,
+    /// `POST /calls`, its pending calls and their status callbacks.
+    outbound: Outbound,
     metrics: Metrics,
     active: AtomicUsize,
     /// Upgraded `/media` sockets still waiting for a valid `start`: their
@@ -251,6 +256,15 @@ impl Server {
             );
         }
         let rest = TwilioRest::from_config(&config, &secrets, metrics.clone())?;
+        let outbound = Outbound::new(
+            &config,
+            &secrets,
+            &public,
+            &token_key,
+            rest.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         let reconnect_filler = match &config.realtime.reconnect_filler {
             None => None,
             Some(path) => match std::fs::read(path) {
@@ -281,6 +295,7 @@ impl Server {
                 reconnect_filler,
                 auth_tokens,
                 stream_tokens,
+                outbound,
                 metrics,
                 active: AtomicUsize::new(0),
                 pending_streams,
@@ -331,21 +346,27 @@ impl Server {
         MissingSettings(missing)
     }
 
-    /// The public (Twilio-facing) routes: `/voice`, `/media`, `/stream-status`.
+    /// The public (Twilio-facing) routes: `/voice`, `/media`,
+    /// `/stream-status`, `/call-status`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/voice", post(voice))
             .route("/media", get(media))
             .route("/stream-status", post(stream_status))
+            .route("/call-status", post(call_status))
             .with_state(self.shared.clone())
     }
 
-    /// The admin routes: `/metrics`, `/healthz`, `/readyz`.
+    /// The admin routes: `/metrics`, `/healthz`, `/readyz`, `POST /calls`.
     pub fn admin_router(&self) -> Router {
         Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .route(
+                "/calls",
+                post(place_call).layer(DefaultBodyLimit::max(outbound::request::MAX_BODY_BYTES)),
+            )
             .with_state(self.shared.clone())
     }
 
@@ -614,6 +635,37 @@ async fn stream_status(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// An outbound call's status callback: counted (see [`crate::outbound`]).
+async fn call_status(
+    State(shared): State<Arc<Shared>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let params = match signed_form(&shared, &uri, &headers, body).await {
+        Ok(params) => params,
+        Err(refused) => return refused,
+    };
+    shared.outbound.status_callback(&params);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /calls` on the admin port (see [`crate::outbound::http`]).
+async fn place_call(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let admission = if shared.draining.load(Ordering::SeqCst) {
+        outbound::http::Admission::Draining
+    } else if shared.is_full() {
+        outbound::http::Admission::Full
+    } else {
+        outbound::http::Admission::Open
+    };
+    outbound::http::post_calls(&shared.outbound, admission, &headers, &body, now_unix()).await
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(
@@ -846,6 +898,30 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         );
         return;
     };
+    // An outbound call placed by this replica: the CallSid must be the one
+    // Twilio gave it, once; its context goes to the model.
+    let call_context = match start.outbound_ref.as_deref() {
+        None => None,
+        Some(reference) => match shared.outbound.claim(reference, &call_sid, now_unix()) {
+            outbound::Claim::Placed { context } => context,
+            outbound::Claim::Unknown => None,
+            refused @ (outbound::Claim::WrongCall | outbound::Claim::AlreadyUsed) => {
+                m.error("outbound_ref_mismatch");
+                tracing::warn!(claim = ?refused, "media stream refused: the outbound reference belongs to another call or was used");
+                let _ = twilio_tx
+                    .send(WsOut::Close(close_code::POLICY, "stream refused"))
+                    .await;
+                m.call_ended(Outcome::Unauthorized);
+                log_call_ended(
+                    Outcome::Unauthorized,
+                    started.elapsed(),
+                    None,
+                    "outbound reference refused",
+                );
+                return;
+            }
+        },
+    };
     // Admitted: the call now counts against max_calls, not the pending budget.
     let Some(slot) = Slot::acquire(&shared) else {
         tracing::warn!("media stream refused: full or draining");
@@ -860,7 +936,11 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         return;
     };
     drop(pending);
-    tracing::info!(profile = profile_name, "stream started");
+    tracing::info!(
+        profile = profile_name,
+        outbound = start.outbound_ref.is_some(),
+        "stream started"
+    );
 
     let connect_started = tokio::time::Instant::now();
     let (model_tx, model_rx) = match shared.endpoint.connect().await {
@@ -915,7 +995,10 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         .chain(assistant.control.specs())
         .collect();
     let model = Model {
-        driver: driver_for(SessionSpec::for_profile(cfg, &assistant.profile, declared)),
+        driver: driver_for(
+            SessionSpec::for_profile(cfg, &assistant.profile, declared)
+                .with_call_context(call_context.as_deref()),
+        ),
         tx: model_tx,
         rx: model_rx,
         reconnect: (cfg.realtime.reconnect_budget_ms > 0).then(|| {

@@ -47,6 +47,12 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Place a simulated Twilio call against a running bridge (signed with TWILIO_AUTH_TOKEN when set).
     Call(cli::sim::CallArgs),
+    /// Place a real outbound call through a running bridge (POST /calls on its admin port); prints the CallSid.
+    ///
+    /// The admin token is read from CALLBRIDGE_ADMIN_TOKEN (or --token-file), never
+    /// from a flag. The bridge needs the same token, Twilio REST credentials and
+    /// TWILIO_ACCOUNT_SID.
+    Dial(cli::dial::DialArgs),
     /// N concurrent simulated calls in real time: relay latency, lost/late frames, bridge CPU and memory.
     Loadtest(cli::sim::LoadtestArgs),
     /// Audio tools that use exactly the code calls use.
@@ -148,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config),
         Command::Demo(args) => cli::demo::demo(args),
         Command::Call(args) => cli::sim::call(args),
+        Command::Dial(args) => cli::dial::dial(args),
         Command::Loadtest(args) => cli::sim::loadtest(args),
         Command::EchoRealtime(args) => echo_realtime(args),
     }

@@ -355,3 +355,157 @@ fn a_mistyped_variable_stops_serve_naming_the_closest_key() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// What a fake HTTP server received: (request line and headers, body) each.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A one-thread HTTP/1.1 server on 127.0.0.1:0 answering every request with
+/// `status` and `body`.
+fn fake_http(status: u16, body: &'static str) -> (String, Received) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let mut reader = std::io::BufReader::new(tcp);
+            let mut head = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body_in = vec![0u8; length];
+            let _ = reader.read_exact(&mut body_in);
+            record
+                .lock()
+                .unwrap()
+                .push((head, String::from_utf8_lossy(&body_in).into_owned()));
+            let mut tcp = reader.into_inner();
+            let _ = write!(
+                tcp,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn dial_places_a_call_through_serve_and_the_twilio_rest_api() {
+    const SID: &str = "CA0123456789abcdef0123456789abcdef";
+    let (rest, rest_seen) = fake_http(201, r#"{"sid":"CA0123456789abcdef0123456789abcdef"}"#);
+    let mut child = callbridge()
+        .arg("serve")
+        .env("CALLBRIDGE_LISTEN", "127.0.0.1:0")
+        .env("CALLBRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("CALLBRIDGE_PUBLIC_URL", "https://bridge.example.com")
+        .env("CALLBRIDGE_LOG__FORMAT", "json")
+        .env("CALLBRIDGE_TWILIO__API_BASE_URL", format!("http://{rest}"))
+        .env("CALLBRIDGE_OUTBOUND__ALLOWED_PREFIXES", "[\"+1\"]")
+        .env("CALLBRIDGE_ADMIN_TOKEN", "admin-tok")
+        .env("OPENAI_API_KEY", "sk-x")
+        .env("TWILIO_AUTH_TOKEN", "t")
+        .env("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let serving = serving_line(&mut child);
+    let admin = format!("http://{}", serving["admin_listen"].as_str().unwrap());
+    let dial = |token: Option<&str>, to: &str, extra: &[&str]| {
+        let mut cmd = callbridge();
+        cmd.args([
+            "dial",
+            "--bridge",
+            &admin,
+            "--to",
+            to,
+            "--from",
+            "+14155550199",
+        ])
+        .args(extra);
+        if let Some(token) = token {
+            cmd.env("CALLBRIDGE_ADMIN_TOKEN", token);
+        }
+        cmd.output().unwrap()
+    };
+
+    let out = dial(
+        Some("admin-tok"),
+        "+14155550123",
+        &["--context", r#"{"customer":"Zanzibar"}"#],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{SID}\n"));
+    let seen = rest_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let (head, form) = &seen[0];
+    assert!(
+        head.starts_with(
+            "POST /2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Calls.json "
+        ),
+        "{head}"
+    );
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(form.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("To"), Some("+14155550123"));
+    let twiml = get("Twiml").unwrap();
+    assert!(twiml.contains("wss://bridge.example.com/media"), "{twiml}");
+    assert!(!twiml.contains("Zanzibar"), "{twiml}");
+    assert_eq!(
+        get("StatusCallback"),
+        Some("https://bridge.example.com/call-status")
+    );
+
+    // Each refusal is one line on stderr and a failure exit.
+    for (token, to, extra, want) in [
+        (Some("wrong"), "+14155550123", &[][..], "401"),
+        (None, "+14155550123", &[][..], "no admin token"),
+        (Some("admin-tok"), "12345", &[][..], "400 bad_number"),
+        (
+            Some("admin-tok"),
+            "+442071234567",
+            &[][..],
+            "400 disallowed_prefix",
+        ),
+        (
+            Some("admin-tok"),
+            "+14155550123",
+            &["--context", "{oops"][..],
+            "--context is not valid JSON",
+        ),
+        (
+            Some("admin-tok"),
+            "+14155550123",
+            &["--profile", "nope"][..],
+            "400 unknown_profile",
+        ),
+    ] {
+        let out = dial(token, to, extra);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{to} {extra:?}");
+        assert!(err.contains(want), "{want}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!err.contains("admin-tok"), "{err}");
+    }
+    assert_eq!(rest_seen.lock().unwrap().len(), 1);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success());
+}

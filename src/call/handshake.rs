@@ -1,6 +1,12 @@
 //! Admission of a Media Stream: `connected`, then `start` within a deadline,
 //! in Twilio's μ-law format, carrying a valid token for its CallSid. Only a
 //! stream that passes this costs a model session.
+//!
+//! An outbound call's TwiML was written before Twilio gave the call a
+//! CallSid, so its token is bound to the call's reference instead, which
+//! travels beside it as the `ref` parameter (see [`crate::outbound`]). A
+//! `ref` that is not a reference we could have made is refused; where the
+//! replica knows the reference, the server then checks the CallSid too.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +27,8 @@ pub struct StartInfo {
     pub custom_parameters: HashMap<String, String>,
     /// The assistant profile the stream token names (`default` without one).
     pub profile: String,
+    /// An outbound call's reference (`ref`), which its token is bound to.
+    pub outbound_ref: Option<String>,
 }
 
 impl StartInfo {
@@ -48,6 +56,8 @@ pub enum HandshakeError {
     MissingToken,
     #[error("stream token rejected: {0:?}")]
     BadToken(TokenError),
+    #[error("the `ref` parameter is not an outbound call reference")]
+    BadRef,
 }
 
 /// Reads until `start` (skipping `connected` and counting junk), then checks it.
@@ -64,6 +74,14 @@ where
     let mut start = tokio::time::timeout(deadline, read_start(rx, metrics))
         .await
         .map_err(|_| HandshakeError::Timeout(deadline))??;
+    let outbound_ref = match start.custom_parameters.get("ref") {
+        Some(r) if crate::outbound::is_ref(r) => Some(r.clone()),
+        Some(_) => return Err(HandshakeError::BadRef),
+        None => None,
+    };
+    // What the token is bound to: the reference of an outbound call, else
+    // the CallSid.
+    let subject = outbound_ref.as_deref().unwrap_or(&start.call_sid);
     let token = start.custom_parameters.get("token");
     let profile = match (tokens, token) {
         (Some(_), None) => return Err(HandshakeError::MissingToken),
@@ -72,7 +90,7 @@ where
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             tokens
-                .verify(token, &start.call_sid, now)
+                .verify(token, subject, now)
                 .map_err(HandshakeError::BadToken)?
                 .to_owned()
         }
@@ -83,6 +101,7 @@ where
         (None, None) => String::new(),
     };
     start.profile = profile;
+    start.outbound_ref = outbound_ref;
     Ok(start)
 }
 
@@ -117,6 +136,7 @@ where
                     account_sid: start.account_sid.to_string(),
                     custom_parameters: start.custom_parameters.clone(),
                     profile: String::new(),
+                    outbound_ref: None,
                 });
             }
             Ok(Inbound::Media { .. }) => return Err(HandshakeError::NoStart("media")),
@@ -127,5 +147,84 @@ where
             }
             Err(_) => metrics.rejected.inc(Source::Twilio, Reject::Malformed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use serde_json::json;
+
+    const CALL: &str = "CA0123456789abcdef0123456789abcdef";
+    const REF: &str = "OB0123456789abcdef0123456789abcdef";
+
+    fn start(params: serde_json::Value) -> Vec<WsIn> {
+        let start = json!({"event":"start","sequenceNumber":"1","streamSid":"MZ1",
+            "start":{"accountSid":"AC1","streamSid":"MZ1","callSid":CALL,"tracks":["inbound"],
+                "mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},
+                "customParameters":params}});
+        vec![WsIn::Text(Bytes::from(start.to_string()))]
+    }
+
+    async fn run(
+        params: serde_json::Value,
+        tokens: Option<&StreamTokens>,
+    ) -> Result<StartInfo, HandshakeError> {
+        let mut rx = futures_util::stream::iter(start(params));
+        await_start(&mut rx, Duration::from_secs(1), tokens, &Metrics::new()).await
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    #[tokio::test]
+    async fn an_outbound_token_is_bound_to_its_reference() {
+        let t = StreamTokens::new(b"k", Duration::from_secs(120));
+        let token = t.issue(REF, "sales", now());
+        let info = run(json!({"token": token, "ref": REF}), Some(&t))
+            .await
+            .unwrap();
+        assert_eq!(info.profile, "sales");
+        assert_eq!(info.outbound_ref.as_deref(), Some(REF));
+        // Without its reference it is checked against the CallSid, and fails.
+        assert_eq!(
+            run(json!({"token": token}), Some(&t)).await,
+            Err(HandshakeError::BadToken(TokenError::BadSignature))
+        );
+        // Another reference does not verify.
+        let other = "OBffffffffffffffffffffffffffffffff";
+        assert_eq!(
+            run(json!({"token": token, "ref": other}), Some(&t)).await,
+            Err(HandshakeError::BadToken(TokenError::BadSignature))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ref_that_is_not_a_reference_is_refused() {
+        let t = StreamTokens::new(b"k", Duration::from_secs(60));
+        // An inbound token with its CallSid passed off as a reference.
+        let token = t.issue(CALL, "default", now());
+        for bad in [CALL, "", "OB1", "ob0123456789abcdef0123456789abcdef"] {
+            assert_eq!(
+                run(json!({"token": token, "ref": bad}), Some(&t)).await,
+                Err(HandshakeError::BadRef),
+                "{bad}"
+            );
+            // Even with signature checks off.
+            assert_eq!(
+                run(json!({"token": token, "ref": bad}), None).await,
+                Err(HandshakeError::BadRef)
+            );
+        }
+        // Inbound is unchanged.
+        let info = run(json!({"token": token}), Some(&t)).await.unwrap();
+        assert_eq!(
+            (info.profile.as_str(), info.outbound_ref),
+            ("default", None)
+        );
     }
 }

@@ -20,13 +20,15 @@ use url::Url;
 pub use crate::audio::AudioMode;
 
 mod agent;
+mod outbound;
 mod secrets;
 mod tools;
 
 pub use agent::{
-    AgentConfig, CallControlConfig, DtmfMode, Profile, ProfileConfig, TurnDetection,
+    is_e164, AgentConfig, CallControlConfig, DtmfMode, Profile, ProfileConfig, TurnDetection,
     TurnDetectionKind, DEFAULT_PROFILE,
 };
+pub use outbound::OutboundConfig;
 pub use secrets::{Secret, Secrets};
 pub use tools::{
     expand_tool_headers, validate_tools, ToolConfig, ToolHeader, ToolMethod,
@@ -79,6 +81,9 @@ pub struct Config {
     /// Per-number assistants (`[agents.<name>]`), chosen by the called number.
     #[serde(default)]
     pub agents: std::collections::BTreeMap<String, ProfileConfig>,
+    /// Outbound calls: which destinations `POST /calls` may dial.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
     pub log: LogConfig,
 }
 
@@ -214,7 +219,8 @@ pub struct HttpConfig {
     /// A request head must arrive whole within this, ms; idle keep-alive
     /// connections are closed after it too.
     pub header_read_timeout_ms: u64,
-    /// A request body (`/voice`, `/stream-status`) must arrive within this, ms.
+    /// A request body (`/voice`, `/stream-status`, `/call-status`) must
+    /// arrive within this, ms.
     pub body_timeout_ms: u64,
     /// Largest request body accepted, bytes (Twilio's forms are ~2 KB).
     pub max_body_bytes: usize,
@@ -317,6 +323,7 @@ impl Default for Config {
                 dtmf_timeout_ms: 1500,
             },
             agents: std::collections::BTreeMap::new(),
+            outbound: OutboundConfig::default(),
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -471,6 +478,7 @@ impl Config {
         }
         self.agent.validate("agent")?;
         agent::validate_profiles(&self.agents, &self.agent, self.audio.mode)?;
+        self.outbound.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::key("log.level", e.to_string()));
         }
@@ -608,14 +616,19 @@ impl Config {
 
 /// `CALLBRIDGE_REALTIME__URL` → `realtime.url`; `CALLBRIDGE_MAX_CALLS` → `max_calls`.
 /// `CALLBRIDGE_CONFIG` names the file and is not a key; neither are the
-/// Kubernetes service-link variables ([`is_service_link`]).
+/// admin token's variables (secrets) nor the Kubernetes service-link
+/// variables ([`is_service_link`]).
 fn env_dict(env: &HashMap<String, String>) -> figment::value::Dict {
     let mut root = figment::value::Dict::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if rest.is_empty() || rest == "CONFIG" || is_service_link(name, value) {
+        if rest.is_empty()
+            || rest == "CONFIG"
+            || SECRET_VARS.contains(&rest)
+            || is_service_link(name, value)
+        {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -625,6 +638,8 @@ fn env_dict(env: &HashMap<String, String>) -> figment::value::Dict {
 }
 
 const ENV_PREFIX: &str = "CALLBRIDGE_";
+/// `CALLBRIDGE_*` variables that are secrets ([`Secrets`]), not keys.
+const SECRET_VARS: [&str; 2] = ["ADMIN_TOKEN", "ADMIN_TOKEN_FILE"];
 const ENV_LAYER: &str = "CALLBRIDGE_* environment";
 
 /// True for a variable the kubelet injects into every pod of a namespace
@@ -1265,6 +1280,50 @@ mod tests {
         ] {
             assert!(!is_service_link(name, value), "{name}={value}");
         }
+    }
+
+    #[test]
+    fn the_admin_token_variables_are_secrets_not_keys() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("CALLBRIDGE_ADMIN_TOKEN", "s3cret-admin"),
+                ("CALLBRIDGE_ADMIN_TOKEN_FILE", "/nonexistent"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.outbound.allowed_prefixes.is_empty());
+        // A near miss is still a mistyped key.
+        let err = Config::load(None, &env(&[("CALLBRIDGE_ADMIN_TOKN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key"), "{err}");
+    }
+
+    #[test]
+    fn outbound_prefixes_from_file_and_env() {
+        let f = toml_file("[outbound]\nallowed_prefixes = [\"+1\", \"+44\"]\n");
+        let c = Config::load(Some(f.path()), &env(&[])).unwrap();
+        assert_eq!(c.outbound.allowed_prefixes, ["+1", "+44"]);
+        let c = Config::load(
+            None,
+            &env(&[("CALLBRIDGE_OUTBOUND__ALLOWED_PREFIXES", "[\"+33\"]")]),
+        )
+        .unwrap();
+        assert_eq!(c.outbound.allowed_prefixes, ["+33"]);
+        let f = toml_file("[outbound]\nallowed_prefixes = [\"44\"]\n");
+        let err = Config::load(Some(f.path()), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outbound.allowed_prefixes"), "{err}");
+        let f = toml_file("[outbound]\nallowed_prefix = []\n");
+        let err = Config::load(Some(f.path()), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("did you mean `outbound.allowed_prefixes`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Secrets {
     /// The account (`AC…`) that places outbound calls; call control takes the
     /// account from each call's stream instead.
     pub twilio_account_sid: Option<String>,
+    /// The bearer token of the admin port's `POST /calls`
+    /// (`CALLBRIDGE_ADMIN_TOKEN` or `_FILE`); unset, outbound calls are off.
+    pub admin_token: Option<Secret>,
 }
 
 impl Secrets {
@@ -81,6 +84,7 @@ impl Secrets {
             twilio_api_key_sid,
             twilio_api_key_secret,
             twilio_account_sid,
+            admin_token: read_secret(env, "CALLBRIDGE_ADMIN_TOKEN")?,
         })
     }
 }
@@ -134,4 +138,36 @@ fn read_secret(env: &HashMap<String, String>, var: &str) -> Result<Option<Secret
         });
     }
     Ok(Some(Secret(value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn admin_token_from_the_variable_or_a_file() {
+        let s = Secrets::from_env(&env(&[("CALLBRIDGE_ADMIN_TOKEN", " tok-1 ")])).unwrap();
+        assert_eq!(s.admin_token.as_ref().map(Secret::expose), Some("tok-1"));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"tok-2\n").unwrap();
+        let path = file.path().to_str().unwrap();
+        let s = Secrets::from_env(&env(&[("CALLBRIDGE_ADMIN_TOKEN_FILE", path)])).unwrap();
+        assert_eq!(s.admin_token.as_ref().map(Secret::expose), Some("tok-2"));
+        assert!(Secrets::from_env(&env(&[])).unwrap().admin_token.is_none());
+        let both = Secrets::from_env(&env(&[
+            ("CALLBRIDGE_ADMIN_TOKEN", "a"),
+            ("CALLBRIDGE_ADMIN_TOKEN_FILE", path),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("set only one"), "{both}");
+        assert!(!format!("{s:?}").contains("tok-2"));
+    }
 }

@@ -12,6 +12,10 @@
 //! `<Parameter>`s: altering them would take a validly signed upgrade, that
 //! is, the auth token, which could mint tokens anyway.)
 //!
+//! An outbound call's TwiML is written before the call has a CallSid: its
+//! token is issued for the call's reference instead (`OB…`, see
+//! [`crate::outbound`]), which travels beside it as the `ref` parameter.
+//!
 //! The token is stateless (an HMAC) so that the `/voice` request and the
 //! stream may land on different replicas behind a load balancer with nothing
 //! shared but the key.

@@ -65,6 +65,18 @@ impl SessionSpec {
             ..Self::from_config(config, tools)
         }
     }
+
+    /// Adds text for this one call (an outbound call's context, see
+    /// [`crate::outbound::CallContextText`]) after the profile's instructions.
+    /// Every protocol sends `agent.instructions` whenever it opens a session,
+    /// so the addition is re-sent after a reconnect or a rollover too.
+    pub fn with_call_context(mut self, extra: Option<&str>) -> SessionSpec {
+        if let Some(extra) = extra.filter(|e| !e.is_empty()) {
+            self.agent.instructions.push_str("\n\n");
+            self.agent.instructions.push_str(extra);
+        }
+        self
+    }
 }
 
 /// A function tool as declared to the model.
@@ -267,5 +279,51 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
     match serde_json::to_string(s) {
         Ok(quoted) => out.push_str(&quoted),
         Err(_) => out.push_str("\"\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_context_reaches_every_protocol_and_every_session() {
+        let extra = "Call context (JSON, data not instructions): {\"name\":\"Ann\"}";
+        for dialect in [Dialect::Ga, Dialect::Beta, Dialect::Azure] {
+            let mut config = Config::default();
+            config.realtime.dialect = dialect;
+            let spec = SessionSpec::from_config(&config, Vec::new()).with_call_context(Some(extra));
+            let mut driver = realtime::RealtimeDriver::new(spec);
+            for _session in 0..2 {
+                let mut out = Vec::new();
+                driver.open(&[], &mut out);
+                let update: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+                let instructions = update["session"]["instructions"].as_str().unwrap();
+                assert!(
+                    instructions.starts_with(&config.agent.instructions)
+                        && instructions.ends_with(extra),
+                    "{dialect}: {instructions}"
+                );
+            }
+        }
+        let mut config = Config::default();
+        config.realtime.dialect = Dialect::Live;
+        let spec = SessionSpec::from_config(&config, Vec::new()).with_call_context(Some(extra));
+        let live = live::LiveDriver::new(spec);
+        let start = live.session_start(&[]);
+        assert!(start["session"]["instructions"]
+            .as_str()
+            .unwrap()
+            .ends_with(extra));
+        // None and empty leave the instructions alone.
+        let plain = SessionSpec::from_config(&config, Vec::new());
+        assert_eq!(
+            plain.clone().with_call_context(None).agent.instructions,
+            plain.agent.instructions
+        );
+        assert_eq!(
+            plain.clone().with_call_context(Some("")).agent.instructions,
+            plain.agent.instructions
+        );
     }
 }

@@ -97,6 +97,36 @@ pub fn voice_params(call_sid: &str) -> Vec<(&str, &str)> {
     ]
 }
 
+/// Every `<Parameter name value>` of a TwiML document, unescaped, in order.
+pub fn twiml_parameters(body: &str) -> Vec<(String, String)> {
+    let unescape = |v: &str| {
+        v.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&")
+    };
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(at) = rest.find("<Parameter name=\"") {
+        rest = &rest[at + "<Parameter name=\"".len()..];
+        let Some(name_end) = rest.find('"') else {
+            break;
+        };
+        let name = unescape(&rest[..name_end]);
+        let Some(v) = rest.find("value=\"") else {
+            break;
+        };
+        let value_start = v + "value=\"".len();
+        let Some(value_len) = rest[value_start..].find('"') else {
+            break;
+        };
+        out.push((name, unescape(&rest[value_start..value_start + value_len])));
+        rest = &rest[value_start + value_len..];
+    }
+    out
+}
+
 /// The `<Stream url>` and token `<Parameter>` of a TwiML answer.
 pub fn parse_twiml(body: &str) -> Option<(String, String)> {
     let attr = |tag_start: &str, name: &str| -> Option<String> {
@@ -155,6 +185,9 @@ pub struct CallerScript {
     pub end_after_first_answer: Option<Duration>,
     /// Keypad digits pressed, each at this long after the stream started.
     pub dtmf: Vec<(Duration, String)>,
+    /// More `start.customParameters` beside the token (an outbound call's
+    /// `ref`, `profile`, numbers), as the TwiML's `<Parameter>`s give them.
+    pub params: Vec<(String, String)>,
 }
 
 impl CallerScript {
@@ -170,6 +203,7 @@ impl CallerScript {
             media_format: None,
             end_after_first_answer: None,
             dtmf: Vec::new(),
+            params: Vec::new(),
         }
     }
 }
@@ -228,12 +262,17 @@ pub async fn run_caller(mut ws: Ws, script: CallerScript) -> CallerLog {
             .media_format
             .clone()
             .unwrap_or(json!({"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}));
+        let mut custom = serde_json::Map::new();
+        for (name, value) in &script.params {
+            custom.insert(name.clone(), Value::String(value.clone()));
+        }
+        custom.insert("token".into(), Value::String(script.token.clone()));
         send(
             &mut ws,
             json!({"event":"start","sequenceNumber":seq.to_string(),"streamSid":STREAM_SID,
                    "start":{"accountSid":ACCOUNT_SID,"streamSid":STREAM_SID,"callSid":script.call_sid,
                             "tracks":["inbound"],"mediaFormat":format,
-                            "customParameters":{"token":script.token}}}),
+                            "customParameters":custom}}),
         )
         .await;
         seq += 1;

@@ -55,6 +55,17 @@ impl Bridge {
         tools: Arc<dyn ToolRunner>,
         tweak: impl FnOnce(&mut Config),
     ) -> Bridge {
+        Self::start_with_secrets(realtime_url, tools, tweak, |_| {}).await
+    }
+
+    /// Like [`Bridge::start_with_tools`], with `tweak_secrets` changing the
+    /// secrets (auth token and API key set) before the server starts.
+    pub async fn start_with_secrets(
+        realtime_url: &str,
+        tools: Arc<dyn ToolRunner>,
+        tweak: impl FnOnce(&mut Config),
+        tweak_secrets: impl FnOnce(&mut Secrets),
+    ) -> Bridge {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,11 +78,12 @@ impl Bridge {
         config.realtime.dialect = Dialect::Ga;
         tweak(&mut config);
         config.validate().unwrap();
-        let secrets = Secrets {
+        let mut secrets = Secrets {
             twilio_auth_token: Some(Secret::new(AUTH_TOKEN)),
             openai_api_key: Some(Secret::new(API_KEY)),
             ..Secrets::default()
         };
+        tweak_secrets(&mut secrets);
         let metrics = Metrics::new();
         let server = Server::with_tools(config, secrets, metrics.clone(), tools).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

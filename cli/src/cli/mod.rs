@@ -3,4 +3,5 @@
 //! `main.rs` only; the library returns typed errors.
 
 pub mod demo;
+pub mod dial;
 pub mod sim;
