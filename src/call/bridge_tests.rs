@@ -1030,3 +1030,24 @@ async fn pings_can_be_turned_off() {
     assert_eq!(pings_in(&drain(&mut r.h.from_bridge_model)), 0);
     assert!(r.sessions.try_recv().is_err());
 }
+
+/// Twilio is never pinged, so a pong from it is unasked-for: ignored, not
+/// counted as a bad frame, and the call goes on.
+#[tokio::test(start_paused = true)]
+async fn a_pong_from_twilio_is_ignored() {
+    let mut h = start(AudioMode::Pcmu);
+    settle().await;
+    for _ in 0..50 {
+        h.to_bridge_twilio.send(WsIn::Pong).await.unwrap();
+    }
+    settle().await;
+    assert!(!h.task.is_finished());
+    assert!(drain(&mut h.from_bridge_twilio).is_empty());
+    h.to_bridge_twilio
+        .send(text(json!({"event":"stop","streamSid":SID})))
+        .await
+        .unwrap();
+    let summary = h.task.await.unwrap();
+    assert_eq!(summary.outcome, Outcome::Completed);
+    assert_eq!(summary.rejected, 0, "a pong is not a bad frame");
+}
