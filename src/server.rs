@@ -808,6 +808,7 @@ fn adapt_twilio(
     let tx = tx.with(|out: WsOut| {
         std::future::ready(Ok::<_, axum::Error>(match out {
             WsOut::Text(text) => Message::Text(text.into()),
+            WsOut::Ping(payload) => Message::Ping(payload),
             WsOut::Close(code, reason) => Message::Close(Some(axum::extract::ws::CloseFrame {
                 code,
                 reason: reason.into(),
@@ -821,7 +822,10 @@ fn adapt_twilio(
                 Ok(Message::Text(t)) => Some(WsIn::Text(t.into())),
                 Ok(Message::Binary(b)) => Some(WsIn::Binary(b.len())),
                 Ok(Message::Close(frame)) => Some(WsIn::Close(frame.map(|f| f.code))),
-                Ok(Message::Ping(_) | Message::Pong(_)) | Err(_) => None,
+                // The bridge does not ping Twilio (its idle timeout watches
+                // the leg); a pong is passed on and ignored there.
+                Ok(Message::Pong(_)) => Some(WsIn::Pong),
+                Ok(Message::Ping(_)) | Err(_) => None,
             })
         });
     (tx, rx)
@@ -984,6 +988,8 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         rest: shared.rest.clone(),
         reconnect_budget: Duration::from_millis(cfg.realtime.reconnect_budget_ms),
         max_session: Duration::from_secs(cfg.realtime.max_session_secs),
+        ping_interval: Duration::from_millis(cfg.realtime.ping_interval_ms),
+        pong_timeout: Duration::from_millis(cfg.realtime.pong_timeout_ms),
         idle_timeout: Duration::from_millis(cfg.twilio.idle_timeout_ms),
         max_call: Duration::from_secs(cfg.max_call_secs),
         reconnect_filler: shared.reconnect_filler.clone(),

@@ -22,12 +22,18 @@ pub enum WsIn {
     Binary(usize),
     /// The peer closed, with its close code if it gave one.
     Close(Option<u16>),
+    /// The answer to one of our pings (its payload is not needed: any pong,
+    /// like any frame, shows the socket still carries data to us).
+    Pong,
 }
 
 /// What the call core sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsOut {
     Text(String),
+    /// A WebSocket ping (RFC 6455 §5.5.2): the peer must answer with a pong,
+    /// which is how a socket that silently died is told from a quiet one.
+    Ping(Bytes),
     Close(u16, &'static str),
 }
 
@@ -45,8 +51,9 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// tungstenite → call core: text frames as bytes (no copy), control frames
-/// handled by tungstenite itself, errors end the stream.
+/// tungstenite → call core: text frames as bytes (no copy), pongs passed on
+/// (they answer the bridge's pings), the peer's pings answered by tungstenite
+/// itself, errors end the stream.
 pub fn adapt_stream<S>(stream: S) -> impl Stream<Item = WsIn> + Unpin + Send
 where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send,
@@ -58,7 +65,8 @@ where
                 Ok(Message::Text(t)) => Some(WsIn::Text(t.into())),
                 Ok(Message::Binary(b)) => Some(WsIn::Binary(b.len())),
                 Ok(Message::Close(frame)) => Some(WsIn::Close(frame.map(|f| u16::from(f.code)))),
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) | Err(_) => None,
+                Ok(Message::Pong(_)) => Some(WsIn::Pong),
+                Ok(Message::Ping(_) | Message::Frame(_)) | Err(_) => None,
             })
         })
 }
@@ -71,6 +79,7 @@ where
     sink.with(|out: WsOut| {
         std::future::ready(Ok::<_, tungstenite::Error>(match out {
             WsOut::Text(text) => Message::Text(text.into()),
+            WsOut::Ping(payload) => Message::Ping(payload),
             WsOut::Close(code, reason) => Message::Close(Some(CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.into(),

@@ -54,6 +54,10 @@ const HELD_AUDIO_BYTES: usize = 2 * 8000;
 const ROLLOVER_RETRY: Duration = Duration::from_secs(30);
 /// How long the model must have been silent for a rollover to be quiet.
 const QUIET_FOR_ROLLOVER: Duration = Duration::from_secs(1);
+/// What the bridge's pings carry: nothing is read back from the pong.
+const PING_PAYLOAD: &[u8] = b"callbridge";
+/// Where the ping timer rests while no ping is due (it is never polled then).
+const TIMER_AT_REST: Duration = Duration::from_secs(24 * 3600);
 /// Keys a phone can send; anything else in a `dtmf` event is ignored.
 const DTMF_KEYS: &str = "0123456789*#ABCD";
 /// The longest key sequence kept before it is handed over anyway.
@@ -83,6 +87,11 @@ pub struct CallParams {
     /// A model session older than this is replaced at the first quiet
     /// moment, before the provider's own limit cuts it.
     pub max_session: Duration,
+    /// A WebSocket ping goes to the model this often; zero: never.
+    pub ping_interval: Duration,
+    /// Nothing from the model this long after a ping: its socket is dead
+    /// (reconnected like a dropped one). Shorter than `ping_interval`.
+    pub pong_timeout: Duration,
     /// No message from Twilio for this long: the stream is dead.
     pub idle_timeout: Duration,
     /// No call lasts longer.
@@ -111,6 +120,8 @@ impl CallParams {
             rest: None,
             reconnect_budget: Duration::from_secs(10),
             max_session: Duration::from_secs(3300),
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             max_call: Duration::from_secs(4 * 3600),
             reconnect_filler: None,
@@ -290,6 +301,11 @@ struct Bridge<TS, MS> {
     session_started: Instant,
     /// No rollover is tried before this (after a failed one).
     rollover_after: Instant,
+    /// When the next ping goes to the model.
+    next_ping: Instant,
+    /// A ping is out: unless the model sends something by then, its socket
+    /// is dead.
+    pong_due: Option<Instant>,
     caller_speaking: bool,
     /// The caller finished a turn and the model has not answered it yet.
     turn_pending: bool,
@@ -354,6 +370,7 @@ where
         model_tx: MS,
     ) -> Self {
         let now = Instant::now();
+        let first_ping = now + p.ping_interval;
         Bridge {
             inbound: InboundTranscoder::new(p.mode),
             outbound: OutboundTranscoder::new(p.mode),
@@ -377,6 +394,8 @@ where
             sessions: 1,
             session_started: now,
             rollover_after: now,
+            next_ping: first_ping,
+            pong_due: None,
             caller_speaking: false,
             turn_pending: false,
             last_model_audio: None,
@@ -431,9 +450,16 @@ where
             }
         }
         let mut connecting: Option<Connecting<MS, MR>> = None;
+        // One timer for the whole call, moved rather than recreated.
+        let ping_timer = tokio::time::sleep(TIMER_AT_REST);
+        tokio::pin!(ping_timer);
         loop {
             let wake = self.playout.next_send_at(Instant::now());
             let timer = self.next_timer();
+            let ping_at = self.ping_at();
+            if let Some(at) = ping_at.filter(|at| *at != ping_timer.deadline()) {
+                ping_timer.as_mut().reset(at);
+            }
             let mut step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End(Outcome::Drained, None)),
@@ -444,17 +470,29 @@ where
                         self.last_twilio = Instant::now();
                         self.on_twilio(&text).await
                     }
+                    // Twilio is never pinged; an unasked-for pong is harmless.
+                    Some(WsIn::Pong) => Ok(()),
                 },
                 msg = next_or_pending(model_rx) => match msg {
                     None => self.broken("the model's socket ended"),
+                    Some(WsIn::Pong) => {
+                        self.pong_due = None;
+                        Ok(())
+                    }
                     Some(WsIn::Close(code)) => {
                         self.broken(format!("the model closed the socket (code {code:?})"))
                     }
                     Some(WsIn::Binary(_)) => {
+                        self.pong_due = None;
                         self.m.rejected.inc(Source::Model, Reject::Binary);
                         Ok(())
                     }
-                    Some(WsIn::Text(text)) => self.on_model(&text).await,
+                    Some(WsIn::Text(text)) => {
+                        // Any frame shows the socket alive, as a pong does:
+                        // a pong queued behind a long answer is not late.
+                        self.pong_due = None;
+                        self.on_model(&text).await
+                    }
                 },
                 done = poll_or_pending(&mut connecting) => {
                     connecting = None;
@@ -465,6 +503,7 @@ where
                     self.tool_finished(done).await
                 }
                 _ = sleep_until_opt(timer) => self.on_timer().await,
+                () = &mut ping_timer, if ping_at.is_some() => self.on_ping_timer().await,
             };
             if step.is_ok() {
                 if let Some(reason) = self.model_broken.take() {
@@ -477,6 +516,45 @@ where
                 return e;
             }
         }
+    }
+
+    /// When the ping timer must fire: the pong's deadline while one is
+    /// awaited, else the next ping; never while pings are off or the model
+    /// is away (a new socket starts its own schedule).
+    fn ping_at(&self) -> Option<Instant> {
+        if self.p.ping_interval.is_zero() || self.model_tx.is_none() {
+            return None;
+        }
+        Some(
+            self.pong_due
+                .map_or(self.next_ping, |due| due.min(self.next_ping)),
+        )
+    }
+
+    /// A ping unanswered for `pong_timeout` means the socket is dead: lost
+    /// like a dropped one (reconnected within the budget). Otherwise the
+    /// next ping goes out when due. Both deadlines move into the future, so
+    /// the timer is never left armed in the past.
+    async fn on_ping_timer(&mut self) -> Step {
+        let now = Instant::now();
+        if self.pong_due.is_some_and(|due| now >= due) {
+            self.pong_due = None;
+            self.m.error("model_ping_timeout");
+            tracing::warn!(call_sid = %self.p.context.call_sid, timeout_ms = self.p.pong_timeout.as_millis() as u64, "the model did not answer a ping");
+            return self.broken(format!(
+                "ping timeout: nothing from the model for {:?} after a ping",
+                self.p.pong_timeout
+            ));
+        }
+        if now < self.next_ping {
+            return Ok(());
+        }
+        self.next_ping = now + self.p.ping_interval;
+        if self.pong_due.is_none() {
+            self.pong_due = Some(now + self.p.pong_timeout);
+        }
+        self.send_model_frame(WsOut::Ping(bytes::Bytes::from_static(PING_PAYLOAD)))
+            .await
     }
 
     /// The model's socket cannot be used any more: noted, and dealt with
@@ -608,6 +686,8 @@ where
         self.away = None;
         self.sessions += 1;
         self.session_started = now;
+        self.next_ping = now + self.p.ping_interval;
+        self.pong_due = None;
         self.caller_speaking = false;
         self.turn_pending = false;
         self.m.reconnect(if rollover { "rollover" } else { "ok" });
@@ -705,10 +785,15 @@ where
     /// broken (reconnected, or the call ends). While the model is away the
     /// message is dropped: a new session starts from the transcript.
     async fn send_model(&mut self, msg: String) -> Step {
+        self.send_model_frame(WsOut::Text(msg)).await
+    }
+
+    /// [`Self::send_model`] for any frame (a ping too).
+    async fn send_model_frame(&mut self, frame: WsOut) -> Step {
         let Some(tx) = self.model_tx.as_mut() else {
             return Ok(());
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, tx.send(WsOut::Text(msg))).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, tx.send(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => self.broken("cannot write to the model's socket"),
             Err(_) => {
@@ -757,7 +842,12 @@ where
             return;
         }
         let wait = async {
-            while let Some(WsIn::Text(frame)) = model_rx.next().await {
+            while let Some(msg) = model_rx.next().await {
+                let frame = match msg {
+                    WsIn::Text(frame) => frame,
+                    WsIn::Pong => continue,
+                    WsIn::Binary(_) | WsIn::Close(_) => return,
+                };
                 if let Ok(ModelEvent::Closed { usage }) =
                     self.driver.on_frame(&frame, &mut Vec::new())
                 {

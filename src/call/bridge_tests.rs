@@ -81,6 +81,7 @@ fn text(v: Value) -> WsIn {
 fn json_of(out: WsOut) -> Value {
     match out {
         WsOut::Text(t) => serde_json::from_str(&t).unwrap(),
+        WsOut::Ping(_) => json!({"ping": true}),
         WsOut::Close(code, _) => json!({"close": code}),
     }
 }
@@ -933,4 +934,120 @@ async fn a_silent_twilio_leg_and_an_endless_call_are_ended() {
     }
     let summary = r.h.task.await.unwrap();
     assert_eq!(summary.outcome, Outcome::MaxDuration);
+}
+
+fn pings_in(events: &[Value]) -> usize {
+    events.iter().filter(|e| e.get("ping").is_some()).count()
+}
+
+/// A model socket that went silent (no FIN, no RST: a NAT forgot it) is
+/// pinged every interval; with no answer within the pong timeout it is
+/// taken for dead and reconnected, and the new session is pinged in turn.
+#[tokio::test(start_paused = true)]
+async fn a_model_that_stops_answering_pings_is_reconnected() {
+    let mut r = start_reconnecting(|p| p.idle_timeout = Duration::from_secs(600));
+    settle().await;
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(19_900)).await;
+    assert_eq!(pings_in(&drain(&mut r.h.from_bridge_model)), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        pings_in(&drain(&mut r.h.from_bridge_model)),
+        1,
+        "one ping at 20 s"
+    );
+    // The socket stays up for the whole pong timeout…
+    tokio::time::sleep_until(started + Duration::from_millis(29_900)).await;
+    settle().await;
+    assert!(r.sessions.try_recv().is_err(), "no reconnect before 30 s");
+    // …and is replaced once it has passed.
+    tokio::time::sleep_until(started + Duration::from_millis(30_100)).await;
+    settle().await;
+    let (_to_new, mut from_new) = r.sessions.try_recv().expect("reconnected at 30 s");
+    assert_eq!(r.h.metrics.reconnects("ok"), 1);
+    assert_eq!(r.h.metrics.errors("model_ping_timeout"), 1);
+    assert_eq!(types_of(&drain(&mut from_new)), ["session.update"]);
+    // The new session has a schedule of its own: its first ping 20 s on.
+    tokio::time::sleep(Duration::from_millis(19_800)).await;
+    assert_eq!(pings_in(&drain(&mut from_new)), 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(pings_in(&drain(&mut from_new)), 1);
+    assert!(!r.h.task.is_finished(), "the call goes on");
+}
+
+/// A model that answers pings (with a pong, or with any other frame) is
+/// never reconnected, however long the call.
+#[tokio::test(start_paused = true)]
+async fn a_model_that_answers_pings_keeps_its_socket() {
+    for answer_with_pong in [true, false] {
+        let mut r = start_reconnecting(|p| p.idle_timeout = Duration::from_secs(600));
+        let mut from_model = std::mem::replace(&mut r.h.from_bridge_model, mpsc::channel(1).1);
+        let to_model = r.h.to_bridge_model.clone();
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = pings.clone();
+        let responder = tokio::spawn(async move {
+            while let Some(out) = from_model.recv().await {
+                if let WsOut::Ping(_) = out {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // A real peer answers after a round trip, well within the timeout.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let answer = if answer_with_pong {
+                        WsIn::Pong
+                    } else {
+                        text(json!({"type":"rate_limits.updated","rate_limits":[]}))
+                    };
+                    if to_model.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(205)).await;
+        settle().await;
+        assert_eq!(
+            pings.load(std::sync::atomic::Ordering::SeqCst),
+            10,
+            "a ping every 20 s"
+        );
+        assert!(r.sessions.try_recv().is_err(), "never reconnected");
+        assert_eq!(r.h.metrics.reconnects("ok"), 0);
+        assert_eq!(r.h.metrics.errors("model_ping_timeout"), 0);
+        assert!(!r.h.task.is_finished());
+        responder.abort();
+    }
+}
+
+/// `ping_interval` zero: no ping is ever sent, and a silent model is left
+/// alone (the Twilio idle timeout and `max_call` still bound the call).
+#[tokio::test(start_paused = true)]
+async fn pings_can_be_turned_off() {
+    let mut r = start_reconnecting(|p| {
+        p.ping_interval = Duration::ZERO;
+        p.idle_timeout = Duration::from_secs(600);
+    });
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    settle().await;
+    assert_eq!(pings_in(&drain(&mut r.h.from_bridge_model)), 0);
+    assert!(r.sessions.try_recv().is_err());
+}
+
+/// Twilio is never pinged, so a pong from it is unasked-for: ignored, not
+/// counted as a bad frame, and the call goes on.
+#[tokio::test(start_paused = true)]
+async fn a_pong_from_twilio_is_ignored() {
+    let mut h = start(AudioMode::Pcmu);
+    settle().await;
+    for _ in 0..50 {
+        h.to_bridge_twilio.send(WsIn::Pong).await.unwrap();
+    }
+    settle().await;
+    assert!(!h.task.is_finished());
+    assert!(drain(&mut h.from_bridge_twilio).is_empty());
+    h.to_bridge_twilio
+        .send(text(json!({"event":"stop","streamSid":SID})))
+        .await
+        .unwrap();
+    let summary = h.task.await.unwrap();
+    assert_eq!(summary.outcome, Outcome::Completed);
+    assert_eq!(summary.rejected, 0, "a pong is not a bad frame");
 }

@@ -116,6 +116,7 @@ where
                 metrics.rejected.inc(Source::Twilio, Reject::Binary);
                 continue;
             }
+            Some(WsIn::Pong) => continue,
             Some(WsIn::Text(t)) => t,
         };
         let text = std::str::from_utf8(&frame).unwrap_or_default();

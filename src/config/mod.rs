@@ -176,6 +176,13 @@ pub struct RealtimeConfig {
     pub ca_file: Option<PathBuf>,
     /// How long a call may wait for a lost model socket to be reopened, ms.
     pub reconnect_budget_ms: u64,
+    /// A WebSocket ping goes to the model this often, ms; 0: never. A socket
+    /// that died without a FIN or RST (a NAT or load balancer forgot it)
+    /// would otherwise look like a quiet model until the call times out.
+    pub ping_interval_ms: u64,
+    /// No pong (nor any other frame) this long after a ping: the socket is
+    /// treated as lost and reconnected, ms. Less than `ping_interval_ms`.
+    pub pong_timeout_ms: u64,
     /// A session older than this is replaced at the first quiet moment,
     /// before the provider's own limit (60 min at OpenAI, 30 at Azure).
     pub max_session_secs: u64,
@@ -282,6 +289,8 @@ impl Default for Config {
                 connect_timeout: 10,
                 ca_file: None,
                 reconnect_budget_ms: 10_000,
+                ping_interval_ms: 20_000,
+                pong_timeout_ms: 10_000,
                 max_session_secs: 3300,
                 reconnect_filler: None,
             },
@@ -417,6 +426,7 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        self.validate_ping()?;
         let ranges: [(&str, u64, u64, u64); 9] = [
             ("max_call_secs", self.max_call_secs, 60, 7 * 24 * 3600),
             (
@@ -481,6 +491,34 @@ impl Config {
         self.outbound.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::key("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The model socket's ping: off (0), or an interval with a pong timeout
+    /// shorter than it, so that one ping's verdict is in before the next.
+    fn validate_ping(&self) -> Result<(), ConfigError> {
+        let (interval, timeout) = (
+            self.realtime.ping_interval_ms,
+            self.realtime.pong_timeout_ms,
+        );
+        if interval != 0 && !(100..=600_000).contains(&interval) {
+            return Err(ConfigError::key(
+                "realtime.ping_interval_ms",
+                format!("must be 0 (off) or between 100 and 600000 (got {interval})"),
+            ));
+        }
+        if !(50..=300_000).contains(&timeout) {
+            return Err(ConfigError::key(
+                "realtime.pong_timeout_ms",
+                format!("must be between 50 and 300000 (got {timeout})"),
+            ));
+        }
+        if interval != 0 && timeout >= interval {
+            return Err(ConfigError::key(
+                "realtime.pong_timeout_ms",
+                format!("must be less than realtime.ping_interval_ms ({interval}) (got {timeout})"),
+            ));
         }
         Ok(())
     }
@@ -1087,6 +1125,33 @@ mod tests {
         assert!(!c.twilio.validate_signatures);
         // The file's value survives where env says nothing.
         assert_eq!(c.audio.mode, AudioMode::Pcmu);
+    }
+
+    #[test]
+    fn the_model_ping_is_off_or_has_a_timeout_shorter_than_its_interval() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(
+            (c.realtime.ping_interval_ms, c.realtime.pong_timeout_ms),
+            (20_000, 10_000)
+        );
+        let load = |interval: &str, timeout: &str| {
+            Config::load(
+                None,
+                &env(&[
+                    ("CALLBRIDGE_REALTIME__PING_INTERVAL_MS", interval),
+                    ("CALLBRIDGE_REALTIME__PONG_TIMEOUT_MS", timeout),
+                ]),
+            )
+        };
+        assert!(load("0", "10000").is_ok(), "0 turns the ping off");
+        assert!(load("1000", "500").is_ok());
+        let (key, reason) = key_error(load("1000", "1000"));
+        assert_eq!(key, "realtime.pong_timeout_ms");
+        assert!(reason.contains("less than"), "{reason}");
+        let (key, _) = key_error(load("50", "40"));
+        assert_eq!(key, "realtime.ping_interval_ms");
+        let (key, _) = key_error(load("0", "0"));
+        assert_eq!(key, "realtime.pong_timeout_ms");
     }
 
     #[test]

@@ -24,6 +24,8 @@ const USER_AGENT: &str = concat!("callbridge/", env!("CARGO_PKG_VERSION"));
 
 /// Model deltas can be large (a whole sentence of audio in one frame).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Bytes gathered before a write to the socket (tungstenite's default).
+const WRITE_BUFFER_BYTES: usize = 128 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -144,8 +146,14 @@ impl ModelEndpoint {
         // tungstenite zero-fills its read buffer on every read: the default
         // 128 KiB cost 12% of the bridge's CPU under load (profiled);
         // model frames are read in 8 KiB steps just as well.
+        // Writes: the bridge awaits each send to the socket (5 s at most),
+        // so the buffer holds one message beyond what the kernel took; the
+        // cap makes that a rule (a write over it fails, and the socket is
+        // replaced) rather than a habit.
         let config = WebSocketConfig::default()
             .read_buffer_size(8 << 10)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .max_write_buffer_size(WRITE_BUFFER_BYTES + MAX_MESSAGE_BYTES)
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));
         let connector = Connector::Rustls(self.tls.clone());

@@ -62,6 +62,10 @@ pub struct Record {
     pub headers: Vec<Vec<(String, String)>>,
     /// Client events in arrival order (all sessions).
     pub client_events: Vec<Value>,
+    /// The same, per session, sessions in the order they were opened.
+    pub session_events: Vec<Vec<Value>>,
+    /// Audio answers started, per session.
+    pub session_answers: Vec<u32>,
     pub closed_by_client: u32,
     /// ms of answer audio sent per item id.
     pub sent_ms: Vec<(String, u32)>,
@@ -135,6 +139,8 @@ enum Format {
 }
 
 struct Session {
+    /// 1 for the first session the fake accepted, and so on.
+    nth: u32,
     beta: bool,
     /// The session cancels the active response itself on speech_started.
     interrupts: bool,
@@ -181,6 +187,8 @@ async fn session(tcp: tokio::net::TcpStream, rec: Arc<Mutex<Record>>, script: Sc
         let mut r = rec.lock().unwrap();
         r.sessions += 1;
         r.headers.push(headers);
+        r.session_events.push(Vec::new());
+        r.session_answers.push(0);
         r.sessions
     };
     let (mut tx, mut rx) = ws.split();
@@ -202,6 +210,7 @@ async fn session(tcp: tokio::net::TcpStream, rec: Arc<Mutex<Record>>, script: Sc
         json!({"type":"session.created","session":{"id":"sess_1","object":"realtime.session"}}),
     );
     let mut s = Session {
+        nth,
         beta,
         interrupts: true,
         input: Format::Pcm24k,
@@ -234,7 +243,13 @@ async fn session(tcp: tokio::net::TcpStream, rec: Arc<Mutex<Record>>, script: Sc
             let _ = out_tx.send(error_event("invalid_json", None));
             continue;
         };
-        rec.lock().unwrap().client_events.push(ev.clone());
+        {
+            let mut r = rec.lock().unwrap();
+            r.client_events.push(ev.clone());
+            if let Some(mine) = r.session_events.get_mut(nth as usize - 1) {
+                mine.push(ev.clone());
+            }
+        }
         count += 1;
         handle(&mut s, &ev, &out_tx, &rec, &script);
         if nth == 1 && script.close_after_events == Some(count) {
@@ -473,6 +488,12 @@ fn function_call(s: &mut Session, name: &str, arguments: &str, out: &mpsc::Unbou
     let _ = out.send(json!({"type":"response.done","response":{"id":resp,"object":"realtime.response","status":"completed","output":[item_obj],"usage":{"total_tokens":12,"input_tokens":10,"output_tokens":2}}}));
 }
 
+/// Every answer's audio in a μ-law session (`audio/pcmu` out): the bytes a
+/// caller must hear, in order, when nothing of the answer is lost.
+pub fn answer_audio_ulaw(ms: u32) -> Vec<u8> {
+    tone(Format::Ulaw8k, ms, 0)
+}
+
 /// A 440 Hz tone of `ms` milliseconds in the session's output format,
 /// continuing phase from `offset_ms`.
 fn tone(format: Format, ms: u32, offset_ms: u32) -> Vec<u8> {
@@ -526,7 +547,13 @@ fn respond(
     let format = s.output;
     let answer_ms = script.answer_ms;
     let speedup = script.speedup.max(1);
-    rec.lock().unwrap().sent_ms.push((item.clone(), 0));
+    {
+        let mut r = rec.lock().unwrap();
+        r.sent_ms.push((item.clone(), 0));
+        if let Some(n) = r.session_answers.get_mut(s.nth as usize - 1) {
+            *n += 1;
+        }
+    }
     tokio::spawn(async move {
         let item_obj = json!({"id":item,"object":"realtime.item","type":"message","role":"assistant","status":"in_progress","content":[]});
         let _ = out.send(json!({"type":"response.created","response":{"id":resp,"object":"realtime.response","status":"in_progress","output":[]}}));

@@ -7,6 +7,7 @@ pub mod fake_realtime;
 pub mod fake_tools;
 pub mod fake_twilio;
 pub mod fake_twilio_rest;
+pub mod fault_proxy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
