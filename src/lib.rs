@@ -27,6 +27,9 @@
 //!   and HTTP tools, and the built-in call control (`end_call`, transfer).
 //! - [`metrics`]: every Prometheus metric, defined once; lock-free on the
 //!   per-frame path.
+//! - [`summary`]: call records: their JSON shape, their signature
+//!   (`X-Callbridge-Signature`) and their delivery to the summary webhook
+//!   (bounded, retried, drained at shutdown).
 //! - [`server`]: the axum server: the public port (`/voice`, `/media`,
 //!   `/stream-status`) and the admin port (`/metrics`, `/healthz`,
 //!   `/readyz`); profiles, admission control and graceful drain.
@@ -42,6 +45,7 @@ pub mod call;
 pub mod config;
 pub mod metrics;
 pub mod server;
+pub mod summary;
 pub mod twilio;
 pub mod upstream;
 pub mod ws;

@@ -46,7 +46,17 @@ pub struct Secrets {
     /// The account (`AC…`) that places outbound calls; call control takes the
     /// account from each call's stream instead.
     pub twilio_account_sid: Option<String>,
+    /// The key that signs call records (`X-Callbridge-Signature`), from
+    /// `CALLBRIDGE_SUMMARY_SECRET`; required when a summary URL is set.
+    pub summary_secret: Option<Secret>,
 }
+
+/// The secrets named `CALLBRIDGE_…`: read here, and so not configuration
+/// keys for the `CALLBRIDGE_*` environment layer.
+pub(super) const CALLBRIDGE_SECRET_VARS: &[&str] = &[
+    "CALLBRIDGE_SUMMARY_SECRET",
+    "CALLBRIDGE_SUMMARY_SECRET_FILE",
+];
 
 impl Secrets {
     /// Reads `NAME` or `NAME_FILE` (a path whose content, trimmed, is the secret).
@@ -81,6 +91,7 @@ impl Secrets {
             twilio_api_key_sid,
             twilio_api_key_secret,
             twilio_account_sid,
+            summary_secret: read_secret(env, "CALLBRIDGE_SUMMARY_SECRET")?,
         })
     }
 }
