@@ -31,6 +31,9 @@
 //!   request, TwiML with a reference-bound stream token, `Calls.json`), the
 //!   pending calls whose context reaches the model, status callbacks, and
 //!   the client behind `callbridge dial`.
+//! - [`summary`]: call records: their JSON shape, their signature
+//!   (`X-Callbridge-Signature`) and their delivery to the summary webhook
+//!   (bounded, retried, drained at shutdown).
 //! - [`server`]: the axum server: the public port (`/voice`, `/media`,
 //!   `/stream-status`) and the admin port (`/metrics`, `/healthz`,
 //!   `/readyz`); profiles, admission control and graceful drain.
@@ -50,6 +53,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod serve;
 pub mod server;
+pub mod summary;
 pub mod twilio;
 pub mod upstream;
 pub mod ws;

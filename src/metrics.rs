@@ -18,6 +18,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
+mod summaries;
+mod usage;
+
+pub use summaries::{SummaryMetrics, SummaryOutcome};
+pub use usage::UsageMetrics;
+
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 /// Labels whose values come from config (tool names): bounded, but not static.
@@ -376,8 +382,10 @@ pub struct Metrics {
     pub truncations_sent: Counter,
     pub truncations_skipped: Counter,
     pub upstream_reconnects: Family<Labels1, Counter>,
-    pub tokens_input: Counter,
-    pub tokens_output: Counter,
+    /// Tokens by kind, and each call's estimated cost.
+    pub usage: UsageMetrics,
+    /// Call records for the summary webhook.
+    pub summaries: SummaryMetrics,
     pub model_seconds: Counter<f64, AtomicU64>,
     pub dtmf_digits: Counter,
     tool_calls: Family<LabelsOwned, Counter>,
@@ -495,14 +503,8 @@ impl Metrics {
             "Reconnections to the Realtime endpoint, by result",
             upstream_reconnects.clone(),
         );
-        let tokens = Family::<Labels1, Counter>::default();
-        r.register(
-            "realtime_tokens",
-            "Realtime tokens used, by kind",
-            tokens.clone(),
-        );
-        let tokens_input = tokens.get_or_create(&[("kind", "input")]).clone();
-        let tokens_output = tokens.get_or_create(&[("kind", "output")]).clone();
+        let usage = UsageMetrics::register(&mut r);
+        let summaries = SummaryMetrics::register(&mut r);
         let model_seconds = Counter::<f64, AtomicU64>::default();
         r.register(
             "model_session_seconds",
@@ -615,8 +617,8 @@ impl Metrics {
             truncations_sent,
             truncations_skipped,
             upstream_reconnects,
-            tokens_input,
-            tokens_output,
+            usage,
+            summaries,
             model_seconds,
             dtmf_digits,
             tool_calls,
@@ -858,7 +860,11 @@ mod tests {
             "callbridge_bargeins_total ",
             "callbridge_truncations_total{result=\"sent\"}",
             "callbridge_upstream_reconnects_total{result=\"ok\"} 1",
-            "callbridge_realtime_tokens_total{kind=\"input\"}",
+            "callbridge_realtime_tokens_total{kind=\"input_audio\"} 0",
+            "callbridge_realtime_tokens_total{kind=\"output_audio\"} 0",
+            "callbridge_call_cost_usd_bucket",
+            "callbridge_summaries_total{outcome=\"delivered\"} 0",
+            "callbridge_summaries_total{outcome=\"dropped\"} 0",
             "callbridge_errors_total{kind=\"test\"} 1",
             "callbridge_turn_latency_seconds_bucket",
             "callbridge_first_audio_seconds_bucket",

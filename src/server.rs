@@ -16,7 +16,10 @@
 //! Each call runs in a tracing span `call` carrying `call_sid` and
 //! `stream_sid`, so every line it logs names the call; the call ends with
 //! one `call ended` line (outcome, duration, turns, barge-ins, frames, tool
-//! calls). No audio, transcript or secret is ever logged.
+//! calls, tokens, estimated cost), then its record is queued for the
+//! summary webhook (`crate::summary`), after the slot is released; the
+//! drain sends pending records before exit. No audio, transcript or secret
+//! is ever logged.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -24,6 +27,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::summary::record::CallMeta;
+use crate::summary::{CallRecord, SummarySender};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -143,6 +149,8 @@ struct Shared {
     tracker: TaskTracker,
     /// Fired when the drain deadline passes: live calls close.
     close_calls: CancellationToken,
+    /// Sends call records, where any profile has a summary URL.
+    summaries: Option<SummarySender>,
 }
 
 /// One assistant profile, ready for calls: its settings, what runs its
@@ -151,6 +159,8 @@ struct Assistant {
     profile: Profile,
     tools: Arc<dyn ToolRunner>,
     control: Arc<CallControl>,
+    /// Where this profile's call records go.
+    summary_url: Option<Url>,
 }
 
 /// A configured server, ready to run on a listener.
@@ -246,12 +256,23 @@ impl Server {
                 &profile.agent.call_control,
                 &format!("{key}.call_control"),
             )?;
+            let summary_key = if profile.name == DEFAULT_PROFILE {
+                "summary.url".to_owned()
+            } else {
+                format!("{key}.summary_url")
+            };
+            let summary_url = profile
+                .summary_url
+                .as_deref()
+                .map(|url| crate::config::parse_summary_url(url, &summary_key))
+                .transpose()?;
             assistants.insert(
                 profile.name.clone(),
                 Assistant {
                     profile,
                     tools: runner,
                     control: Arc::new(control),
+                    summary_url,
                 },
             );
         }
@@ -283,6 +304,17 @@ impl Server {
                 }
             },
         };
+        let summaries = match (
+            assistants.values().any(|a| a.summary_url.is_some()),
+            &secrets.summary_secret,
+        ) {
+            (true, Some(secret)) => Some(SummarySender::new(
+                &config.summary,
+                secret.clone(),
+                metrics.summaries.clone(),
+            )?),
+            _ => None,
+        };
         metrics.calls_max.set(config.max_calls as i64);
         let pending_streams = Arc::new(Semaphore::new(config.http.max_pending_streams));
         Ok(Server {
@@ -303,6 +335,7 @@ impl Server {
                 draining: AtomicBool::new(false),
                 tracker: TaskTracker::new(),
                 close_calls: CancellationToken::new(),
+                summaries,
             }),
         })
     }
@@ -340,6 +373,16 @@ impl Server {
                 help: "(or TWILIO_AUTH_TOKEN_FILE) your Twilio auth token, which checks \
                        Twilio's signatures while twilio.validate_signatures is true \
                        (turn that off for local testing only)"
+                    .into(),
+            });
+        }
+        let records = config.profiles().iter().any(|p| p.summary_url.is_some());
+        if records && secrets.summary_secret.is_none() {
+            missing.push(MissingSetting {
+                name: "CALLBRIDGE_SUMMARY_SECRET",
+                help: "(or CALLBRIDGE_SUMMARY_SECRET_FILE) the key that signs call records, \
+                       needed because a summary URL is set (summary.url or a profile's \
+                       summary_url); receivers check X-Callbridge-Signature with it"
                     .into(),
             });
         }
@@ -419,6 +462,7 @@ impl Server {
         ));
 
         shutdown.await;
+        let drain_started = tokio::time::Instant::now();
         shared.draining.store(true, Ordering::SeqCst);
         shared.metrics.draining.set(1);
         let live = shared.active.load(Ordering::SeqCst);
@@ -438,6 +482,13 @@ impl Server {
             );
             shared.close_calls.cancel();
             let _ = tokio::time::timeout(CLOSE_GRACE, shared.tracker.wait()).await;
+        }
+        if let Some(summaries) = &shared.summaries {
+            // Within the drain timeout, but a call closed at its deadline
+            // still gets a moment for its record.
+            let deadline = (drain_started + shared.config.drain_timeout())
+                .max(tokio::time::Instant::now() + CLOSE_GRACE);
+            summaries.drain(deadline).await;
         }
         stop_http.cancel();
         let joined = |r: Result<std::io::Result<()>, tokio::task::JoinError>| match r {
@@ -594,7 +645,12 @@ async fn voice(
     twiml_response(twiml::connect_stream_with(
         stream_url.as_str(),
         status_url.as_str(),
-        &[("token", &token), ("from", from), ("to", to)],
+        &[
+            ("token", &token),
+            ("from", from),
+            ("to", to),
+            ("direction", param("Direction")),
+        ],
         fallback,
     ))
 }
@@ -833,6 +889,7 @@ fn adapt_twilio(
 
 async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket: WebSocket) {
     let started = tokio::time::Instant::now();
+    let started_at = SystemTime::now();
     let (mut twilio_tx, mut twilio_rx) = adapt_twilio(socket);
     let m = &shared.metrics;
 
@@ -855,7 +912,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
                 .send(WsOut::Close(close_code::POLICY, "stream refused"))
                 .await;
             m.call_ended(outcome);
-            log_call_ended(outcome, started.elapsed(), None, "stream refused");
+            log_call_ended(outcome, started.elapsed(), None, None, "stream refused");
             return;
         }
     };
@@ -881,6 +938,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
             Outcome::Unauthorized,
             started.elapsed(),
             None,
+            None,
             "unknown profile",
         );
         return;
@@ -897,6 +955,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         log_call_ended(
             Outcome::Unauthorized,
             started.elapsed(),
+            None,
             None,
             "duplicate stream",
         );
@@ -920,6 +979,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
                     Outcome::Unauthorized,
                     started.elapsed(),
                     None,
+                    None,
                     "outbound reference refused",
                 );
                 return;
@@ -936,7 +996,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
             ))
             .await;
         m.call_ended(Outcome::Rejected);
-        log_call_ended(Outcome::Rejected, started.elapsed(), None, "busy");
+        log_call_ended(Outcome::Rejected, started.elapsed(), None, None, "busy");
         return;
     };
     drop(pending);
@@ -945,6 +1005,24 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         outbound = start.outbound_ref.is_some(),
         "stream started"
     );
+    let context = CallContext {
+        call_sid: call_sid.clone(),
+        stream_sid: start.stream_sid.clone(),
+        from: start.param("from").to_owned(),
+        to: start.param("to").to_owned(),
+        profile: profile_name.to_owned(),
+    };
+    // What the call record needs besides the bridge's summary.
+    let record = |summary: &CallSummary, duration: Duration, cost_usd: f64| {
+        let meta = CallMeta {
+            context: &context,
+            account_sid: &start.account_sid,
+            direction: start.param("direction"),
+            started_at,
+            duration,
+        };
+        CallRecord::new(&meta, summary, cost_usd)
+    };
 
     let connect_started = tokio::time::Instant::now();
     let (model_tx, model_rx) = match shared.endpoint.connect().await {
@@ -956,12 +1034,17 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
             let _ = twilio_tx
                 .send(WsOut::Close(close_code::INTERNAL, "model unavailable"))
                 .await;
+            let duration = started.elapsed();
             log_call_ended(
                 Outcome::UpstreamFailed,
-                started.elapsed(),
+                duration,
+                None,
                 None,
                 "model unavailable",
             );
+            drop(slot);
+            let summary = CallSummary::empty(Outcome::UpstreamFailed, "model unavailable");
+            send_record(&shared, assistant, || record(&summary, duration, 0.0));
             return;
         }
     };
@@ -971,13 +1054,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
     let cfg = &shared.config;
     let agent = &assistant.profile.agent;
     let params = CallParams {
-        context: CallContext {
-            call_sid: call_sid.clone(),
-            stream_sid: start.stream_sid.clone(),
-            from: start.param("from").to_owned(),
-            to: start.param("to").to_owned(),
-            profile: profile_name.to_owned(),
-        },
+        context: context.clone(),
         account_sid: start.account_sid.clone(),
         mode: assistant.profile.audio_mode,
         playout_lead: cfg.playout_lead(),
@@ -1039,15 +1116,27 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
     )
     .await;
     let duration = started.elapsed();
+    let cost_usd = cfg.pricing.cost_usd(&summary.usage);
     m.call_ended(summary.outcome);
     m.call_duration.observe_duration(duration);
+    m.usage.call_cost.observe(cost_usd);
     log_call_ended(
         summary.outcome,
         duration,
         Some(&summary),
+        Some(cost_usd),
         summary.reason.as_deref().unwrap_or(""),
     );
     drop(slot);
+    send_record(&shared, assistant, || record(&summary, duration, cost_usd));
+}
+
+/// Queues the call's record for its profile's receiver, if it has one
+/// (after the slot is released: delivery never holds a call's resources).
+fn send_record(shared: &Shared, assistant: &Assistant, record: impl FnOnce() -> CallRecord) {
+    if let (Some(sender), Some(url)) = (&shared.summaries, &assistant.summary_url) {
+        sender.send(url, &record());
+    }
 }
 
 /// The one line that ends every call's log, inside its `call` span (which
@@ -1058,8 +1147,12 @@ fn log_call_ended(
     outcome: Outcome,
     duration: Duration,
     summary: Option<&CallSummary>,
+    cost_usd: Option<f64>,
     reason: &str,
 ) {
+    let (input_tokens, output_tokens) = summary.map_or((0, 0), |s| {
+        (s.usage.input_tokens(), s.usage.output_tokens())
+    });
     let s = summary.map_or((0, 0, 0, 0, 0, 0), |s| {
         (
             s.turns,
@@ -1079,6 +1172,9 @@ fn log_call_ended(
         frames_out = s.3,
         rejected = s.4,
         tool_calls = s.5,
+        input_tokens,
+        output_tokens,
+        cost_usd = cost_usd.unwrap_or(0.0),
         reason,
         "call ended"
     );

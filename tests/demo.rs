@@ -79,6 +79,9 @@ async fn demo_call_has_a_tool_round_trip_a_barge_in_and_ends_by_end_call_in_pcmu
     assert_eq!(side.truncations, 1);
     assert!(report.talk_over_stop.is_some(), "{report}");
     assert!(side.frames_in > 500 && side.frames_out > 50, "{side:?}");
+    // The peer reports usage as the service does: the call has a cost.
+    assert!(side.input_tokens > 0 && side.output_tokens > 0, "{side:?}");
+    assert!(side.cost_usd.is_some_and(|c| c > 0.0), "{side:?}");
     // The caller heard answer audio, and both tracks cover the same timeline.
     assert!(report.bytes_heard > 8 * 2000, "{report}");
     assert_eq!(report.sent.len(), report.heard.len());
@@ -98,6 +101,8 @@ async fn demo_call_over_gpt_live_has_a_tool_round_trip_the_model_yields_and_ends
     assert_eq!(report.clears, 0, "{report}");
     assert_eq!(side.bargeins, 0);
     assert!(report.talk_over_stop.is_some(), "{report}");
+    // GPT-Live bills time: the cost comes from the session's seconds.
+    assert!(side.cost_usd.is_some_and(|c| c > 0.0), "{side:?}");
     assert!(report.bytes_heard > 8 * 2000, "{report}");
     assert_tool_round_trip(&demo);
     assert_ended_by_end_call(&demo);

@@ -176,7 +176,10 @@ async fn dial_places_a_call_and_the_callee_talks_to_the_assistant() {
     assert!(twiml.contains(&format!("statusCallback=\"{public}/stream-status\"")));
     let params = fake_twilio::twiml_parameters(&twiml);
     let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["token", "ref", "profile", "from", "to"]);
+    assert_eq!(
+        names,
+        ["token", "ref", "profile", "from", "to", "direction"]
+    );
     assert_eq!(param(&params, "profile"), "default");
     assert!(callbridge::outbound::is_ref(param(&params, "ref")));
     assert!(param(&params, "token").contains(".default."));

@@ -34,6 +34,7 @@ use callbridge::audio::AudioMode;
 use callbridge::config::{Config, Dialect, Secret, Secrets, ToolConfig};
 use callbridge::metrics::{Metrics, TwilioOp, TwilioOutcome};
 use callbridge::server::Server;
+use callbridge::upstream::Usage;
 
 /// Built in, so the demo and `callbridge call` run from any directory:
 /// six seconds of espeak-ng speech, and an interjection for talking over
@@ -92,6 +93,15 @@ pub struct BridgeSide {
     pub end_calls: u64,
     /// `callbridge_twilio_api_requests_total{op="hangup",outcome="ok"}`.
     pub rest_hangups: u64,
+    /// The model's tokens (`callbridge_realtime_tokens_total`), input and
+    /// output, every kind.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// GPT-Live's billed session time (`callbridge_model_session_seconds_total`).
+    pub model_seconds: f64,
+    /// The call's estimated cost (`callbridge_call_cost_usd`, from the
+    /// bridge's `[pricing]`), once the bridge counted the call.
+    pub cost_usd: Option<f64>,
 }
 
 /// How the call ended, from the caller's side.
@@ -401,10 +411,23 @@ pub async fn run(
         tool_duration: labelled_mean(&metrics, "callbridge_tool_duration_seconds", LOOKUP_ORDER),
         end_calls: metrics.tool_calls("end_call", "ok"),
         rest_hangups: metrics.twilio_api_requests(TwilioOp::Hangup, TwilioOutcome::Ok),
+        input_tokens: 0,
+        output_tokens: 0,
+        model_seconds: 0.0,
+        cost_usd: None,
     };
     let _ = stop_bridge.send(());
     let _ = stop_peer.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), bridge).await;
+    // The drain has waited for the call: its usage and cost are counted.
+    let tokens = |kinds: &[&str]| kinds.iter().map(|k| metrics.usage.tokens(k)).sum::<u64>();
+    let bridge_side = BridgeSide {
+        input_tokens: tokens(&Usage::KINDS[..4]),
+        output_tokens: tokens(&Usage::KINDS[4..]),
+        model_seconds: metrics.model_seconds.get(),
+        cost_usd: (metrics.usage.call_cost.count() > 0).then(|| metrics.usage.call_cost.sum()),
+        ..bridge_side
+    };
     let _ = tokio::time::timeout(Duration::from_secs(5), peer).await;
     let tool_requests = tools.tool_requests();
     let hangups = tools.hangups();

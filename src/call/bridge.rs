@@ -29,7 +29,9 @@ use crate::metrics::{Metrics, Outcome, Reject, Source};
 use crate::twilio::messages::{self, parse_inbound, Inbound, MessageError};
 use crate::twilio::rest::{HangUp, TwilioRest};
 use crate::twilio::twiml;
-use crate::upstream::{Driver, Heard, ModelEvent, Role, TalkOver, ToolCall, ToolOutput, Turn};
+use crate::upstream::{
+    Driver, Heard, ModelEvent, Role, TalkOver, ToolCall, ToolOutput, Turn, Usage,
+};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -150,8 +152,48 @@ pub struct CallSummary {
     pub tool_calls: u32,
     /// The conversation as text, one entry per turn.
     pub transcript: Vec<Turn>,
+    /// When each turn of `transcript` began (its first words arrived),
+    /// from the start of the call.
+    pub transcript_at: Vec<Duration>,
+    /// Every tool call, in the order they finished (dropped ones last).
+    pub tool_log: Vec<ToolRecord>,
+    /// The model's usage over every session of the call.
+    pub usage: Usage,
     /// Why it ended, when it did not end normally.
     pub reason: Option<String>,
+}
+
+impl CallSummary {
+    /// A call that ended before the relay started (the model unavailable).
+    pub fn empty(outcome: Outcome, reason: &str) -> CallSummary {
+        CallSummary {
+            outcome,
+            turns: 0,
+            bargeins: 0,
+            frames_in: 0,
+            frames_out: 0,
+            rejected: 0,
+            tool_calls: 0,
+            transcript: Vec::new(),
+            transcript_at: Vec::new(),
+            tool_log: Vec::new(),
+            usage: Usage::default(),
+            reason: Some(reason.to_owned()),
+        }
+    }
+}
+
+/// One tool call, for the call record: no arguments or results (they may
+/// hold the caller's data and belong to the tool's own logs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolRecord {
+    /// The declared name (`unknown` for a name that was not declared).
+    pub name: String,
+    /// `ok`, `error`, `timeout`, or `dropped` (the call ended first).
+    pub outcome: &'static str,
+    /// When it started, from the start of the call.
+    pub at: Duration,
+    pub took: Duration,
 }
 
 /// Why the loop stopped: the outcome, and a reason when it was not normal.
@@ -211,9 +253,16 @@ where
         call.close_model(rx).await;
     }
     // Tool calls still running have no call to answer any more.
+    let ended_at = call.started.elapsed();
     for batch in std::mem::take(&mut call.batches) {
         for name in batch.pending {
             call.m.tool_call(&name, "dropped", Duration::ZERO);
+            call.tool_log.push(ToolRecord {
+                name,
+                outcome: "dropped",
+                at: ended_at,
+                took: Duration::ZERO,
+            });
         }
     }
     let twilio_code = match outcome {
@@ -244,6 +293,9 @@ where
         rejected: call.rejected,
         tool_calls: call.tool_calls,
         transcript: call.transcript,
+        transcript_at: call.transcript_at,
+        tool_log: call.tool_log,
+        usage: call.usage,
         reason,
     }
 }
@@ -256,6 +308,7 @@ struct Finished {
     name: String,
     output: ToolOutput,
     outcome: ToolOutcome,
+    started: Instant,
     took: Duration,
 }
 
@@ -351,6 +404,11 @@ struct Bridge<TS, MS> {
     rejected: u64,
     tool_calls: u32,
     transcript: Vec<Turn>,
+    /// When each turn of `transcript` began, from `started`.
+    transcript_at: Vec<Duration>,
+    tool_log: Vec<ToolRecord>,
+    /// Usage summed over the call (every answer, every session).
+    usage: Usage,
     /// Caller turns seen in transcripts: the turn count for protocols that
     /// do not signal the end of the caller's speech (GPT-Live).
     caller_turns: u32,
@@ -425,6 +483,9 @@ where
             rejected: 0,
             tool_calls: 0,
             transcript: Vec::new(),
+            transcript_at: Vec::new(),
+            tool_log: Vec::new(),
+            usage: Usage::default(),
             caller_turns: 0,
         }
     }
@@ -861,12 +922,13 @@ where
         }
     }
 
-    fn count_usage(&self, usage: crate::upstream::Usage) {
-        self.m.tokens_input.inc_by(usage.input_tokens);
-        self.m.tokens_output.inc_by(usage.output_tokens);
-        if usage.seconds > 0.0 {
+    /// Counts usage for the process and sums it for the call.
+    fn count_usage(&mut self, usage: Usage) {
+        self.m.usage.count(&usage);
+        if usage.seconds.is_finite() && usage.seconds > 0.0 {
             self.m.model_seconds.inc_by(usage.seconds);
         }
+        self.usage.add(&usage);
     }
 
     /// Starts every call of one finished answer; they run beside the relay.
@@ -901,6 +963,7 @@ where
                         output: answer.output,
                     },
                     outcome: answer.outcome,
+                    started,
                     took: started.elapsed(),
                 }
             }));
@@ -950,6 +1013,12 @@ where
         self.m
             .tool_call(&done.name, done.outcome.as_str(), done.took);
         tracing::info!(call_sid = %self.p.context.call_sid, tool = %done.name, outcome = done.outcome.as_str(), took_ms = done.took.as_millis() as u64, "tool call finished");
+        self.tool_log.push(ToolRecord {
+            name: done.name.clone(),
+            outcome: done.outcome.as_str(),
+            at: done.started.saturating_duration_since(self.started),
+            took: done.took,
+        });
         let Some(pos) = self.batches.iter().position(|b| b.id == done.batch) else {
             return Ok(());
         };
@@ -1159,6 +1228,7 @@ where
                     role,
                     text: text.trim_start().to_owned(),
                 });
+                self.transcript_at.push(self.started.elapsed());
             }
         }
         // The words themselves never reach the logs: they are the caller's.

@@ -655,6 +655,78 @@ async fn late_tool_results_are_dropped_and_made_up_names_bounded() {
     assert_eq!(h.metrics.tool_calls("slow", "dropped"), 1);
     assert_eq!(h.metrics.tool_calls("unknown", "ok"), 1);
     assert_eq!(h.metrics.tool_calls("rm_rf", "ok"), 0);
+    // The call record's list: the made-up one answered, the slow one dropped.
+    let log: Vec<(&str, &str)> = summary
+        .tool_log
+        .iter()
+        .map(|t| (t.name.as_str(), t.outcome))
+        .collect();
+    assert_eq!(log, vec![("unknown", "ok"), ("slow", "dropped")]);
+    drain(&mut h.from_bridge_model);
+}
+
+/// Usage is summed over every `response.done` of the call, by kind, for the
+/// call (its summary) and the process (`realtime_tokens_total{kind}`); the
+/// transcript's turns carry when they began.
+#[tokio::test(start_paused = true)]
+async fn usage_is_summed_over_responses_and_turns_are_timed() {
+    let mut h = start(AudioMode::Pcm16);
+    settle().await;
+    let m = &h.to_bridge_model;
+    let done = |id: &str, text_in: u64, audio: u64, cached_audio: u64, out_audio: u64| {
+        text(
+            json!({"type":"response.done","response":{"id":id,"status":"completed","usage":{
+            "input_tokens": text_in + audio, "output_tokens": out_audio + 5,
+            "input_token_details": {"text_tokens": text_in, "audio_tokens": audio,
+                "cached_tokens": cached_audio,
+                "cached_tokens_details": {"text_tokens": 0, "audio_tokens": cached_audio}},
+            "output_token_details": {"text_tokens": 5, "audio_tokens": out_audio}}}}),
+        )
+    };
+    tokio::time::advance(Duration::from_millis(1000)).await;
+    m.send(text(json!({"type":"conversation.item.input_audio_transcription.completed","item_id":"u1","content_index":0,"transcript":"Hello there"})))
+        .await
+        .unwrap();
+    settle().await;
+    tokio::time::advance(Duration::from_millis(500)).await;
+    m.send(text(json!({"type":"response.output_audio_transcript.done","response_id":"r1","item_id":"a1","output_index":0,"content_index":0,"transcript":"Hi! How can I help?"})))
+        .await
+        .unwrap();
+    m.send(done("r1", 100, 20, 0, 60)).await.unwrap();
+    m.send(done("r2", 100, 50, 20, 40)).await.unwrap();
+    // A response without usage adds nothing.
+    m.send(text(
+        json!({"type":"response.done","response":{"id":"r3","status":"cancelled"}}),
+    ))
+    .await
+    .unwrap();
+    m.send(done("r4", 120, 80, 70, 10)).await.unwrap();
+    settle().await;
+    h.to_bridge_twilio
+        .send(text(json!({"event":"stop","streamSid":SID})))
+        .await
+        .unwrap();
+    let summary = h.task.await.unwrap();
+    let expected = Usage {
+        input_text: 320,
+        input_audio: 20 + 30 + 10,
+        input_cached_text: 0,
+        input_cached_audio: 90,
+        output_text: 15,
+        output_audio: 110,
+        seconds: 0.0,
+    };
+    assert_eq!(summary.usage, expected);
+    for (kind, n) in Usage::KINDS.iter().zip(expected.tokens()) {
+        assert_eq!(h.metrics.usage.tokens(kind), n, "{kind}");
+    }
+    let turns: Vec<(Role, u128)> = summary
+        .transcript
+        .iter()
+        .zip(&summary.transcript_at)
+        .map(|(t, at)| (t.role, at.as_millis()))
+        .collect();
+    assert_eq!(turns, vec![(Role::Caller, 1000), (Role::Assistant, 1500)]);
     drain(&mut h.from_bridge_model);
 }
 

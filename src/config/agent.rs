@@ -154,6 +154,10 @@ pub struct ProfileConfig {
     pub dtmf: Option<DtmfMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtmf_timeout_ms: Option<u64>,
+    /// Where this assistant's call records go, instead of `summary.url`;
+    /// `""`: none for this profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_url: Option<String>,
 }
 
 /// One assistant, resolved: `[agent]` with a profile's overrides applied.
@@ -162,6 +166,10 @@ pub struct Profile {
     pub name: String,
     pub agent: AgentConfig,
     pub audio_mode: AudioMode,
+    /// Where call records go (see `[summary]`); `None`: nowhere.
+    /// [`ProfileConfig::resolve`] sets only the profile's own;
+    /// `Config::profiles` falls back to `summary.url`.
+    pub summary_url: Option<String>,
 }
 
 impl ProfileConfig {
@@ -189,6 +197,7 @@ impl ProfileConfig {
                 dtmf_timeout_ms: self.dtmf_timeout_ms.unwrap_or(base.dtmf_timeout_ms),
             },
             audio_mode: self.audio_mode.unwrap_or(mode),
+            summary_url: self.summary_url.clone().filter(|u| !u.is_empty()),
         }
     }
 }
@@ -281,6 +290,9 @@ pub(super) fn validate_profiles(
                     format!("{number} is already answered by agents.{other}"),
                 ));
             }
+        }
+        if let Some(url) = profile.summary_url.as_deref().filter(|u| !u.is_empty()) {
+            super::parse_summary_url(url, &format!("{key}.summary_url"))?;
         }
         profile.resolve(name, base, mode).agent.validate(&key)?;
     }

@@ -21,7 +21,9 @@ pub use crate::audio::AudioMode;
 
 mod agent;
 mod outbound;
+mod pricing;
 mod secrets;
+mod summary;
 mod tools;
 
 pub use agent::{
@@ -29,7 +31,9 @@ pub use agent::{
     TurnDetectionKind, DEFAULT_PROFILE,
 };
 pub use outbound::OutboundConfig;
+pub use pricing::PricingConfig;
 pub use secrets::{Secret, Secrets};
+pub use summary::{parse_summary_url, SummaryConfig};
 pub use tools::{
     expand_tool_headers, validate_tools, ToolConfig, ToolHeader, ToolMethod,
     DEFAULT_TOOL_TIMEOUT_MS, MAX_TOOL_TIMEOUT_MS, RESERVED_TOOL_NAMES,
@@ -84,6 +88,12 @@ pub struct Config {
     /// Outbound calls: which destinations `POST /calls` may dial.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// The call summary webhook (`[summary]`).
+    #[serde(default)]
+    pub summary: SummaryConfig,
+    /// Prices for the per-call cost estimate (`[pricing]`).
+    #[serde(default)]
+    pub pricing: PricingConfig,
     pub log: LogConfig,
 }
 
@@ -333,6 +343,8 @@ impl Default for Config {
             },
             agents: std::collections::BTreeMap::new(),
             outbound: OutboundConfig::default(),
+            summary: SummaryConfig::default(),
+            pricing: PricingConfig::default(),
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -489,6 +501,8 @@ impl Config {
         self.agent.validate("agent")?;
         agent::validate_profiles(&self.agents, &self.agent, self.audio.mode)?;
         self.outbound.validate()?;
+        self.summary.validate()?;
+        self.pricing.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::key("log.level", e.to_string()));
         }
@@ -625,16 +639,20 @@ impl Config {
     /// Every assistant: `[agent]` as the default profile, then each
     /// `[agents.<name>]` resolved over it.
     pub fn profiles(&self) -> Vec<Profile> {
+        let global = self.summary.url.clone().filter(|u| !u.is_empty());
         let mut all = vec![Profile {
             name: DEFAULT_PROFILE.to_owned(),
             agent: self.agent.clone(),
             audio_mode: self.audio.mode,
+            summary_url: global.clone(),
         }];
-        all.extend(
-            self.agents
-                .iter()
-                .map(|(name, p)| p.resolve(name, &self.agent, self.audio.mode)),
-        );
+        all.extend(self.agents.iter().map(|(name, p)| {
+            let mut resolved = p.resolve(name, &self.agent, self.audio.mode);
+            if p.summary_url.is_none() {
+                resolved.summary_url = global.clone();
+            }
+            resolved
+        }));
         all
     }
 
@@ -664,7 +682,7 @@ fn env_dict(env: &HashMap<String, String>) -> figment::value::Dict {
         };
         if rest.is_empty()
             || rest == "CONFIG"
-            || SECRET_VARS.contains(&rest)
+            || secrets::CALLBRIDGE_SECRET_VARS.contains(&name.as_str())
             || is_service_link(name, value)
         {
             continue;
@@ -677,7 +695,6 @@ fn env_dict(env: &HashMap<String, String>) -> figment::value::Dict {
 
 const ENV_PREFIX: &str = "CALLBRIDGE_";
 /// `CALLBRIDGE_*` variables that are secrets ([`Secrets`]), not keys.
-const SECRET_VARS: [&str; 2] = ["ADMIN_TOKEN", "ADMIN_TOKEN_FILE"];
 const ENV_LAYER: &str = "CALLBRIDGE_* environment";
 
 /// True for a variable the kubelet injects into every pod of a namespace
@@ -769,8 +786,9 @@ fn known_keys() -> &'static [String] {
 
 /// The real key an unknown one most likely meant: the nearest by edit
 /// distance (in the form it was written: `CALLBRIDGE_…` names compare as
-/// names, so `LOG_FORMAT` finds `LOG__FORMAT`), or else the one key with the
-/// same last part in another section (`CALLBRIDGE_URL` → `realtime.url`).
+/// names, so `LOG_FORMAT` finds `LOG__FORMAT`), or else the key with the
+/// same last part in another section (`CALLBRIDGE_URL` → `realtime.url`;
+/// the first in key order where several have it).
 /// `siblings` are the keys valid where the unknown one was found.
 fn closest_key(unknown: &str, siblings: &[String], from_env: bool) -> Option<String> {
     let form = |key: &str| {
@@ -800,7 +818,8 @@ fn closest_key(unknown: &str, siblings: &[String], from_env: bool) -> Option<Str
     candidates
         .iter()
         .filter(|k| k.rsplit('.').next() == Some(last) && k.as_str() != unknown)
-        .min_by_key(|k| k.len())
+        // Several (`realtime.url`, `summary.url`): the first in key order.
+        .min()
         .cloned()
 }
 
@@ -1621,5 +1640,90 @@ mod tests {
             assert_eq!(key, "twilio.api_base_url", "{bad}: {reason}");
             assert!(!reason.contains("sekrit"), "{reason}");
         }
+    }
+
+    #[test]
+    fn summary_url_per_profile_falls_back_to_the_global_one() {
+        let f = toml_file(
+            r#"
+            [summary]
+            url = "https://records.example.com/all"
+            retry_budget_ms = 1000
+            [pricing]
+            output_audio = 20.0
+            [agents.own]
+            numbers = ["+14155550100"]
+            summary_url = "https://records.example.com/own"
+            [agents.none]
+            numbers = ["+14155550101"]
+            summary_url = ""
+            [agents.inherits]
+            numbers = ["+14155550102"]
+            "#,
+        );
+        let c = Config::load(Some(f.path()), &env(&[])).unwrap();
+        assert_eq!(c.summary.retry_budget_ms, 1000);
+        assert_eq!(c.pricing.output_audio, 20.0);
+        assert_eq!(c.pricing.input_audio, 32.0);
+        let url = |name: &str| {
+            c.profiles()
+                .into_iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.summary_url)
+        };
+        assert_eq!(
+            url("default").as_deref(),
+            Some("https://records.example.com/all")
+        );
+        assert_eq!(
+            url("own").as_deref(),
+            Some("https://records.example.com/own")
+        );
+        assert_eq!(url("none"), None);
+        assert_eq!(
+            url("inherits").as_deref(),
+            Some("https://records.example.com/all")
+        );
+
+        let f = toml_file(
+            r#"
+            [agents.bad]
+            summary_url = "ftp://records.example.com/"
+            "#,
+        );
+        let (key, _) = key_error(Config::load(Some(f.path()), &env(&[])));
+        assert_eq!(key, "agents.bad.summary_url");
+        let (key, _) = key_error(Config::load(
+            None,
+            &env(&[("CALLBRIDGE_PRICING__INPUT_AUDIO", "-1")]),
+        ));
+        assert_eq!(key, "pricing.input_audio");
+    }
+
+    #[test]
+    fn the_summary_secret_is_a_secret_not_a_config_key() {
+        let vars = env(&[
+            ("CALLBRIDGE_SUMMARY_SECRET", "s3cret"),
+            ("CALLBRIDGE_SUMMARY__URL", "https://records.example.com/"),
+        ]);
+        let c = Config::load(None, &vars).unwrap();
+        assert_eq!(
+            c.summary.url.as_deref(),
+            Some("https://records.example.com/")
+        );
+        let secrets = Secrets::from_env(&vars).unwrap();
+        assert_eq!(
+            secrets
+                .summary_secret
+                .map(|s| s.expose().to_owned())
+                .as_deref(),
+            Some("s3cret")
+        );
+        // A near miss is still an unknown key, not a silently ignored secret.
+        let (key, _) = key_error(Config::load(
+            None,
+            &env(&[("CALLBRIDGE_SUMMARY_SECRT", "x")]),
+        ));
+        assert_eq!(key, "summary_secrt");
     }
 }

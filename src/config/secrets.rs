@@ -49,7 +49,19 @@ pub struct Secrets {
     /// The bearer token of the admin port's `POST /calls`
     /// (`CALLBRIDGE_ADMIN_TOKEN` or `_FILE`); unset, outbound calls are off.
     pub admin_token: Option<Secret>,
+    /// The key that signs call records (`X-Callbridge-Signature`), from
+    /// `CALLBRIDGE_SUMMARY_SECRET`; required when a summary URL is set.
+    pub summary_secret: Option<Secret>,
 }
+
+/// The secrets named `CALLBRIDGE_…`: read here, and so not configuration
+/// keys for the `CALLBRIDGE_*` environment layer.
+pub(super) const CALLBRIDGE_SECRET_VARS: &[&str] = &[
+    "CALLBRIDGE_ADMIN_TOKEN",
+    "CALLBRIDGE_ADMIN_TOKEN_FILE",
+    "CALLBRIDGE_SUMMARY_SECRET",
+    "CALLBRIDGE_SUMMARY_SECRET_FILE",
+];
 
 impl Secrets {
     /// Reads `NAME` or `NAME_FILE` (a path whose content, trimmed, is the secret).
@@ -85,6 +97,7 @@ impl Secrets {
             twilio_api_key_secret,
             twilio_account_sid,
             admin_token: read_secret(env, "CALLBRIDGE_ADMIN_TOKEN")?,
+            summary_secret: read_secret(env, "CALLBRIDGE_SUMMARY_SECRET")?,
         })
     }
 }

@@ -222,6 +222,9 @@ impl Outbound {
                 ("profile", profile),
                 ("from", &request.from),
                 ("to", &request.to),
+                // Twilio's own word for a call placed through the API; the
+                // call record reports it.
+                ("direction", "outbound-api"),
             ],
             self.fallback_say.as_deref(),
         );

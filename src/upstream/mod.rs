@@ -128,13 +128,76 @@ pub struct Heard<'a> {
     pub audio_end_ms: u64,
 }
 
-/// Token and time usage reported by the model, as increments.
+/// Token and time usage reported by the model, as increments, by the kinds
+/// that are priced differently. Cached input is billed apart from the rest,
+/// so `input_text` and `input_audio` count only the uncached part: the
+/// Realtime API reports cached tokens as a subset of `text_tokens` and
+/// `audio_tokens`. Summing two `Usage`s saturates (numbers come from a peer).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    pub input_text: u64,
+    pub input_audio: u64,
+    pub input_cached_text: u64,
+    pub input_cached_audio: u64,
+    pub output_text: u64,
+    pub output_audio: u64,
     /// Billed session seconds (GPT-Live bills by time).
     pub seconds: f64,
+}
+
+impl Usage {
+    /// The token kinds, in the order of [`Usage::tokens`]; the values of the
+    /// `kind` label of `callbridge_realtime_tokens_total`.
+    pub const KINDS: [&'static str; 6] = [
+        "input_text",
+        "input_audio",
+        "input_cached_text",
+        "input_cached_audio",
+        "output_text",
+        "output_audio",
+    ];
+
+    /// The token counts in the order of [`Usage::KINDS`].
+    pub fn tokens(&self) -> [u64; 6] {
+        [
+            self.input_text,
+            self.input_audio,
+            self.input_cached_text,
+            self.input_cached_audio,
+            self.output_text,
+            self.output_audio,
+        ]
+    }
+
+    /// Every input token, cached or not.
+    pub fn input_tokens(&self) -> u64 {
+        self.tokens()[..4]
+            .iter()
+            .fold(0, |a, b| a.saturating_add(*b))
+    }
+
+    /// Every output token.
+    pub fn output_tokens(&self) -> u64 {
+        self.output_text.saturating_add(self.output_audio)
+    }
+
+    /// Adds `other` into `self`. Counts saturate; seconds that are not a
+    /// finite positive number are ignored.
+    pub fn add(&mut self, other: &Usage) {
+        self.input_text = self.input_text.saturating_add(other.input_text);
+        self.input_audio = self.input_audio.saturating_add(other.input_audio);
+        self.input_cached_text = self
+            .input_cached_text
+            .saturating_add(other.input_cached_text);
+        self.input_cached_audio = self
+            .input_cached_audio
+            .saturating_add(other.input_cached_audio);
+        self.output_text = self.output_text.saturating_add(other.output_text);
+        self.output_audio = self.output_audio.saturating_add(other.output_audio);
+        if other.seconds.is_finite() && other.seconds > 0.0 {
+            self.seconds += other.seconds;
+        }
+    }
 }
 
 /// A model event, as the call core needs it.

@@ -22,6 +22,8 @@ use tokio::sync::oneshot;
 
 pub const AUTH_TOKEN: &str = "test-auth-token-0123456789";
 pub const API_KEY: &str = "sk-test-not-a-real-key";
+/// Signs call records (`CALLBRIDGE_SUMMARY_SECRET`) where a test sets a summary URL.
+pub const SUMMARY_SECRET: &str = "whsec-test-0123456789";
 
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -82,6 +84,7 @@ impl Bridge {
         let mut secrets = Secrets {
             twilio_auth_token: Some(Secret::new(AUTH_TOKEN)),
             openai_api_key: Some(Secret::new(API_KEY)),
+            summary_secret: Some(Secret::new(SUMMARY_SECRET)),
             ..Secrets::default()
         };
         tweak_secrets(&mut secrets);

@@ -164,6 +164,17 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ),
         Err(why) => println!("  call ended        NOT by the assistant: {why}"),
     }
+    match side.cost_usd {
+        Some(cost) if args.dialect.is_live() => println!(
+            "  estimated cost    ${cost:.4} for {:.1} s of GPT-Live session time (callbridge_call_cost_usd, at [pricing]'s default live_per_minute; the local peer reports usage as the service does)",
+            side.model_seconds
+        ),
+        Some(cost) => println!(
+            "  estimated cost    ${cost:.4} for {} input and {} output tokens (callbridge_call_cost_usd, at [pricing]'s default gpt-realtime prices; the local peer reports usage as the service does)",
+            side.input_tokens, side.output_tokens
+        ),
+        None => println!("  estimated cost    - (the bridge did not count the call)"),
+    }
     println!(
         "  call recording    {} (caller left, heard right)",
         args.out.display()

@@ -46,8 +46,25 @@ const MIN_COMMIT_MS: u64 = 100;
 /// `.delete`. A bridge only ever truncates the item that was just playing.
 const MAX_ITEMS: usize = 32;
 
-/// Stand-in token accounting for `usage`: one audio token per 100 ms.
+/// Stand-in token accounting for `usage`, at the service's published
+/// rates: one input audio token per 100 ms, one output audio token per 50 ms;
+/// text at about four characters a token.
 const MS_PER_AUDIO_TOKEN: u64 = 100;
+const MS_PER_OUTPUT_AUDIO_TOKEN: u64 = 50;
+const CHARS_PER_TEXT_TOKEN: u64 = 4;
+
+/// The conversation as the model re-reads it for each response: every
+/// response's input is the instructions plus everything said so far, and
+/// the part the previous response already read is served from the cache.
+#[derive(Debug, Default, Clone, Copy)]
+struct TokenContext {
+    /// Tokens of the conversation so far (before the current response).
+    text: u64,
+    audio: u64,
+    /// The previous response's input: the cached prefix of the next one.
+    cached_text: u64,
+    cached_audio: u64,
+}
 
 /// Spoken answers that are not echoes (chimes with a transcript), in ms:
 /// the goodbye before `end_call`, the answer with a tool's output, and the
@@ -300,6 +317,7 @@ pub(crate) struct Session {
     up: Upsampler,
     down: Downsampler,
     pub(crate) stats: Stats,
+    tokens: TokenContext,
 }
 
 impl Session {
@@ -343,6 +361,7 @@ impl Session {
             up: Upsampler::new(),
             down: Downsampler::new(),
             stats: Stats::default(),
+            tokens: TokenContext::default(),
             cfg,
         };
         let session_json = session.session_json();
@@ -1103,16 +1122,40 @@ impl Session {
         }
     }
 
-    fn usage(input_ms: u64, output_ms: u64, transcript: &str) -> Value {
-        let input = input_ms / MS_PER_AUDIO_TOKEN;
-        let output_audio = output_ms / MS_PER_AUDIO_TOKEN;
-        let output_text = transcript.split_whitespace().count() as u64;
+    /// `response.usage` in the service's shape (openai-python
+    /// `RealtimeResponseUsage`): the input is the instructions and the whole
+    /// conversation, its prefix read by the previous response counted as
+    /// cached (a subset of `text_tokens`/`audio_tokens`, as the service
+    /// reports it); then this response's words join the conversation.
+    fn usage(&mut self, input_ms: u64, output_ms: u64, transcript: &str) -> Value {
+        let text_of = |s: &str| (s.len() as u64).div_ceil(CHARS_PER_TEXT_TOKEN);
+        let ctx = self.tokens;
+        let new_audio = input_ms / MS_PER_AUDIO_TOKEN;
+        let in_text = text_of(&self.cfg.instructions).saturating_add(ctx.text);
+        let in_audio = ctx.audio.saturating_add(new_audio);
+        let cached_text = ctx.cached_text.min(in_text);
+        let cached_audio = ctx.cached_audio.min(in_audio);
+        let out_audio = output_ms / MS_PER_OUTPUT_AUDIO_TOKEN;
+        let out_text = text_of(transcript);
+        self.tokens = TokenContext {
+            text: ctx.text.saturating_add(out_text),
+            audio: in_audio.saturating_add(out_audio),
+            cached_text: in_text,
+            cached_audio: in_audio,
+        };
+        let input = in_text.saturating_add(in_audio);
+        let output = out_text.saturating_add(out_audio);
         json!({
-            "total_tokens": input + output_audio + output_text,
+            "total_tokens": input.saturating_add(output),
             "input_tokens": input,
-            "output_tokens": output_audio + output_text,
-            "input_token_details": {"text_tokens": 0, "audio_tokens": input, "cached_tokens": 0},
-            "output_token_details": {"text_tokens": output_text, "audio_tokens": output_audio},
+            "output_tokens": output,
+            "input_token_details": {
+                "text_tokens": in_text, "audio_tokens": in_audio,
+                "image_tokens": 0,
+                "cached_tokens": cached_text + cached_audio,
+                "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio, "image_tokens": 0},
+            },
+            "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
         })
     }
 
@@ -1169,7 +1212,7 @@ impl Session {
             text.push(' ');
             text.push_str(&call.arguments);
         }
-        let usage = Self::usage(r.input_ms, r.format.micros(r.sent) / 1000, &text);
+        let usage = self.usage(r.input_ms, r.format.micros(r.sent) / 1000, &text);
         let response = self.response_json(id, "completed", Value::Null, json!(output), usage);
         self.emit("response.done", json!({ "response": response }));
         if std::mem::take(&mut self.queued) {
@@ -1256,7 +1299,7 @@ impl Session {
         } else {
             json!([])
         };
-        let usage = Self::usage(r.input_ms, r.format.micros(r.sent) / 1000, heard);
+        let usage = self.usage(r.input_ms, r.format.micros(r.sent) / 1000, heard);
         let response = self.response_json(
             &r.id,
             "cancelled",

@@ -87,12 +87,82 @@ pub struct ResponseDone {
     pub usage: Option<Usage>,
 }
 
+/// `response.usage` as sent (openai-python `RealtimeResponseUsage`): every
+/// field may be absent or `null`. Cached tokens are a subset of the input
+/// tokens; [`Usage::kinds`] splits them out.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
 pub struct Usage {
     #[serde(default)]
-    pub input_tokens: u64,
+    pub input_tokens: Option<u64>,
     #[serde(default)]
-    pub output_tokens: u64,
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub input_token_details: Option<InputTokenDetails>,
+    #[serde(default)]
+    pub output_token_details: Option<TokenDetails>,
+}
+
+/// `usage.input_token_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+pub struct InputTokenDetails {
+    #[serde(default)]
+    pub text_tokens: Option<u64>,
+    #[serde(default)]
+    pub audio_tokens: Option<u64>,
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+    #[serde(default)]
+    pub cached_tokens_details: Option<TokenDetails>,
+}
+
+/// Text and audio parts of a token count (`output_token_details`,
+/// `cached_tokens_details`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+pub struct TokenDetails {
+    #[serde(default)]
+    pub text_tokens: Option<u64>,
+    #[serde(default)]
+    pub audio_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// The tokens by priced kind. Totals win over details that add up to
+    /// less: whatever the details do not name (image tokens, a usage without
+    /// details) counts as text. Cached tokens without their text/audio split
+    /// count as cached audio. Nothing is counted twice, whatever the peer sent.
+    pub fn kinds(&self) -> crate::upstream::Usage {
+        let d = self.input_token_details.unwrap_or_default();
+        let cd = d.cached_tokens_details.unwrap_or_default();
+        let text = d.text_tokens.unwrap_or(0);
+        let audio = d.audio_tokens.unwrap_or(0);
+        let total_in = self
+            .input_tokens
+            .unwrap_or(0)
+            .max(text.saturating_add(audio));
+        let cached_text = cd.text_tokens.unwrap_or(0).min(total_in);
+        let cached_audio = match cd.audio_tokens {
+            Some(a) => a,
+            None => d.cached_tokens.unwrap_or(0).saturating_sub(cached_text),
+        }
+        .min(total_in - cached_text);
+        let uncached = total_in - cached_text - cached_audio;
+        let input_audio = audio.saturating_sub(cached_audio).min(uncached);
+        let od = self.output_token_details.unwrap_or_default();
+        let out_audio = od.audio_tokens.unwrap_or(0);
+        let total_out = self
+            .output_tokens
+            .unwrap_or(0)
+            .max(od.text_tokens.unwrap_or(0).saturating_add(out_audio));
+        crate::upstream::Usage {
+            input_text: uncached - input_audio,
+            input_audio,
+            input_cached_text: cached_text,
+            input_cached_audio: cached_audio,
+            output_text: total_out - out_audio,
+            output_audio: out_audio,
+            seconds: 0.0,
+        }
+    }
 }
 
 /// The body of an `error` event.
@@ -426,11 +496,61 @@ mod tests {
                 response_id: "resp_9".into(),
                 status: "cancelled".into(),
                 usage: Some(Usage {
-                    input_tokens: 20,
-                    output_tokens: 10
+                    input_tokens: Some(20),
+                    output_tokens: Some(10),
+                    input_token_details: Some(InputTokenDetails {
+                        audio_tokens: Some(5),
+                        ..InputTokenDetails::default()
+                    }),
+                    output_token_details: None,
                 }),
             })
         );
+    }
+
+    fn kinds(usage: &str) -> crate::upstream::Usage {
+        serde_json::from_str::<Usage>(usage).unwrap().kinds()
+    }
+
+    #[test]
+    fn usage_is_split_into_priced_kinds_with_cached_tokens_apart() {
+        // The shape the service sends: cached tokens are part of text_tokens
+        // and audio_tokens, and are priced on their own.
+        let u = kinds(
+            r#"{"total_tokens":821,"input_tokens":789,"output_tokens":32,
+                "input_token_details":{"text_tokens":313,"audio_tokens":476,"cached_tokens":640,
+                  "cached_tokens_details":{"text_tokens":256,"audio_tokens":384}},
+                "output_token_details":{"text_tokens":9,"audio_tokens":23}}"#,
+        );
+        assert_eq!(u.tokens(), [313 - 256, 476 - 384, 256, 384, 9, 23], "{u:?}");
+        assert_eq!((u.input_tokens(), u.output_tokens()), (789, 32));
+    }
+
+    #[test]
+    fn usage_without_details_or_with_odd_numbers_counts_each_token_once() {
+        // Totals only: counted as text.
+        let u = kinds(r#"{"input_tokens":20,"output_tokens":10}"#);
+        assert_eq!(u.tokens(), [20, 0, 0, 0, 10, 0]);
+        // Nulls everywhere: nothing.
+        let u = kinds(
+            r#"{"input_tokens":null,"output_tokens":null,"input_token_details":null,"output_token_details":null}"#,
+        );
+        assert_eq!(u.tokens(), [0; 6]);
+        // Cached without its split: cached audio.
+        let u = kinds(
+            r#"{"input_tokens":100,"input_token_details":{"text_tokens":10,"audio_tokens":90,"cached_tokens":50}}"#,
+        );
+        assert_eq!(u.tokens(), [10, 40, 0, 50, 0, 0]);
+        // More cached than input, details above the totals, huge numbers:
+        // bounded by what was reported, never wrapped.
+        let u = kinds(
+            r#"{"input_tokens":5,"input_token_details":{"text_tokens":3,"audio_tokens":4,"cached_tokens":100,
+                "cached_tokens_details":{"text_tokens":50,"audio_tokens":50}},
+                "output_tokens":18446744073709551615,"output_token_details":{"text_tokens":18446744073709551615,"audio_tokens":18446744073709551615}}"#,
+        );
+        assert_eq!(u.input_tokens(), 7);
+        assert_eq!(u.output_audio, u64::MAX);
+        assert_eq!(u.output_tokens(), u64::MAX);
     }
 
     #[test]

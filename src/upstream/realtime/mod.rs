@@ -167,11 +167,7 @@ impl Driver for RealtimeDriver {
                 let calls = std::mem::take(&mut self.calls);
                 let owed = std::mem::take(&mut self.owed);
                 self.settle(owed, out);
-                let usage = done.usage.map_or(Usage::default(), |u| Usage {
-                    input_tokens: u.input_tokens,
-                    output_tokens: u.output_tokens,
-                    seconds: 0.0,
-                });
+                let usage = done.usage.map_or(Usage::default(), |u| u.kinds());
                 ModelEvent::AnswerDone {
                     tool_calls: if done.status == "completed" {
                         calls
@@ -329,7 +325,7 @@ mod tests {
                         .collect::<Vec<_>>(),
                     ["c1", "c2"]
                 );
-                assert_eq!((usage.input_tokens, usage.output_tokens), (3, 4));
+                assert_eq!((usage.input_tokens(), usage.output_tokens()), (3, 4));
             }
             other => panic!("{other:?}"),
         }
