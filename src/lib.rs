@@ -25,6 +25,8 @@
 //!   over `Sink`/`Stream` and over the driver; reconnection and rollover),
 //!   the pure pacing + mark ledger behind barge-in, the tool runner interface
 //!   and HTTP tools, and the built-in call control (`end_call`, transfer).
+//! - [`http_client`]: the one builder of outgoing HTTP clients (tools,
+//!   Twilio's REST API, call records): our rustls config, no redirects.
 //! - [`metrics`]: every Prometheus metric, defined once; lock-free on the
 //!   per-frame path.
 //! - [`outbound`]: outbound calls: `POST /calls` on the admin port (checked
@@ -49,6 +51,7 @@
 pub mod audio;
 pub mod call;
 pub mod config;
+pub mod http_client;
 pub mod metrics;
 pub mod outbound;
 pub mod serve;

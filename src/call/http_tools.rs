@@ -32,10 +32,8 @@ use url::Url;
 
 use super::tools::{CallContext, ToolAnswer, ToolFuture, ToolOutcome, ToolRunner};
 use crate::config::{ConfigError, ToolConfig, ToolMethod};
+use crate::http_client;
 use crate::upstream::{ToolCall, ToolSpec};
-
-/// Sent with every request, so endpoints can tell the bridge's calls apart.
-const USER_AGENT: &str = concat!("callbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The largest 2xx body read; a longer answer is an error (a truncated JSON
 /// text would mislead the model).
@@ -150,16 +148,8 @@ impl HttpTools {
             key: "agent.tools".into(),
             reason: format!("cannot build the HTTP client: {e}"),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let client = http_client::builder(roots)
             .map_err(|e| client_error(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .build()
             .map_err(|e| client_error(e.to_string()))?;

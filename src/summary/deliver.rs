@@ -27,9 +27,9 @@ use url::Url;
 use super::record::CallRecord;
 use super::sign;
 use crate::config::{redact_query, ConfigError, Secret, SummaryConfig};
+use crate::http_client;
 use crate::metrics::{SummaryMetrics, SummaryOutcome};
 
-const USER_AGENT: &str = concat!("callbridge/", env!("CARGO_PKG_VERSION"));
 /// The first retry waits about this long; each next one twice as long…
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// …up to this.
@@ -77,18 +77,8 @@ impl SummarySender {
         let client_error = |e: String| {
             ConfigError::key("summary.url", format!("cannot build the HTTP client: {e}"))
         };
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let client = http_client::builder(http_client::web_roots())
             .map_err(|e| client_error(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| client_error(e.to_string()))?;
         Ok(SummarySender {

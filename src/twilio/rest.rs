@@ -28,6 +28,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::config::{Config, Secret, Secrets};
+use crate::http_client;
 use crate::metrics::{Metrics, TwilioOp, TwilioOutcome};
 
 /// The REST API version in every path.
@@ -46,8 +47,6 @@ const MAX_ANSWER_BYTES: usize = 64 << 10;
 pub const ERROR_NOT_FOUND: i64 = 20404;
 /// The call progress events an outbound call reports to its status callback.
 pub const STATUS_CALLBACK_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
-
-const USER_AGENT: &str = concat!("callbridge/", env!("CARGO_PKG_VERSION"));
 
 /// How the bridge authenticates to the REST API (HTTP Basic).
 #[derive(Clone, Debug)]
@@ -217,19 +216,9 @@ impl TwilioRest {
         metrics: Metrics,
     ) -> Result<TwilioRest, RestError> {
         let base = parse_base_url(base_url)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        // Never follows a redirect with the credentials.
+        let client = http_client::builder(http_client::web_roots())
             .map_err(|e| RestError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(USER_AGENT)
-            // Never follow a redirect with the credentials.
-            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(DEFAULT_TIMEOUT)
             .build()
             .map_err(|e| RestError::Tls(error_chain(&e)))?;

@@ -20,7 +20,7 @@ use crate::config::{redact_query, Dialect, Secret};
 use crate::ws::{adapt_sink, adapt_stream, WsIn, WsOut};
 
 /// Sent on every connection, so the provider can tell the bridge's traffic apart.
-const USER_AGENT: &str = concat!("callbridge/", env!("CARGO_PKG_VERSION"));
+use crate::http_client::USER_AGENT;
 
 /// Model deltas can be large (a whole sentence of audio in one frame).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
