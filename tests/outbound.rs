@@ -65,7 +65,7 @@ fn request(to: &str, context: Option<Value>) -> CallRequest {
         to: to.into(),
         from: OUR_NUMBER.into(),
         profile: None,
-        context,
+        context: context.map(|c| serde_json::value::RawValue::from_string(c.to_string()).unwrap()),
     }
 }
 

@@ -209,7 +209,7 @@ impl Outbound {
             ));
         };
         let profile = self.profile_for(&request)?;
-        let context = request::render_context(request.context.as_ref())?;
+        let context = request::render_context(request.context.as_deref())?;
         let reference =
             new_ref().map_err(|_| PlaceError::Unavailable("the OS random source failed"))?;
         let token = self.tokens.issue(&reference, profile, now_unix);

@@ -54,8 +54,9 @@ pub fn dial(args: DialArgs) -> anyhow::Result<()> {
     let token = admin_token(args.token_file.as_ref())?;
     let context = match &args.context {
         None => None,
+        // Sent as written: the bridge keeps the caller's tokens.
         Some(text) => Some(
-            serde_json::from_str::<serde_json::Value>(text)
+            serde_json::value::RawValue::from_string(text.clone())
                 .context("--context is not valid JSON")?,
         ),
     };
