@@ -216,6 +216,88 @@ async fn barge_in_beta_pcmu() {
     barge_in(Dialect::Beta, AudioMode::Pcmu, "barge_in_beta_pcmu").await;
 }
 
+/// Two items in one response, the second already partly sent to Twilio
+/// when the caller talks over the first: the item playing is truncated at
+/// its heard point, the one after it at 0, never left as if heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_with_two_items_queued_truncates_the_one_playing() {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 1500,
+        items_per_response: 2,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |c| c.audio.mode = AudioMode::Pcmu).await;
+    let sid = call_sid(9);
+    let (ws, token) = bridge.connect(&sid).await;
+    let mut script = CallerScript::new(
+        &sid,
+        &token,
+        fixture("speech.ulaw"),
+        Duration::from_secs(30),
+    );
+    // The fake's VAD needs a few hundred ms of barge-in speech: the
+    // session hears it when about 1.3-1.4 s were heard, near the end of the
+    // first item, with the second partly sent (the playout lead is 200 ms).
+    script.bargein = Some((Duration::from_millis(1000), fixture("bargein.ulaw")));
+    script.end_after_first_answer = Some(Duration::from_millis(3500));
+    let log = run_caller(ws, script).await;
+
+    assert_eq!(log.clears.len(), 1, "clears: {:?}", log.clears);
+    let truncates = fake.events_of("conversation.item.truncate");
+    let cuts: Vec<(String, u64)> = truncates
+        .iter()
+        .map(|t| {
+            (
+                t["item_id"].as_str().unwrap_or_default().to_owned(),
+                t["audio_end_ms"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    let heard = log.heard_at_clear[0];
+    eprintln!("two items: truncates={cuts:?} heard={heard}");
+    let cut_of = |second: bool| {
+        cuts.iter()
+            .find(|(id, _)| id.ends_with("_1") == second)
+            .map(|(_, end)| *end)
+    };
+    // What the caller had heard is known to ±1 mark (the fake acknowledges
+    // per chunk): the cut must be within that of it.
+    let near = |end: u64, heard: u64| end + 150 >= heard && end <= heard + 250;
+    if heard + 50 < 1500 {
+        // In the first item: cut there; the second never heard, cut at 0.
+        let first = cut_of(false).expect("the item playing is truncated");
+        assert!(near(first, heard), "first cut at {first}, heard {heard}");
+        assert_eq!(cut_of(true), Some(0), "the second item was never heard");
+    } else if heard > 1500 + 50 {
+        // Into the second: the first was heard whole, not cut short.
+        assert!(cut_of(false).is_none_or(|end| end >= 1500), "{cuts:?}");
+        let second = cut_of(true).expect("the item playing is truncated");
+        assert!(
+            near(second, heard - 1500),
+            "second cut at {second}, heard {heard}"
+        );
+    }
+    // Every cut within what the fake sent of that item.
+    for (id, end) in &cuts {
+        let sent = fake
+            .record
+            .lock()
+            .unwrap()
+            .sent_ms
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, ms)| u64::from(*ms));
+        assert!(
+            sent.is_some_and(|ms| *end <= ms),
+            "{id} cut at {end}, sent {sent:?}"
+        );
+    }
+    assert!(fake.events_of("response.cancel").is_empty());
+    // No item_truncate_invalid_item_id, no invalid_value.
+    assert_eq!(bridge.metrics.errors("model_error"), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_hangs_up_mid_response_closes_the_model_socket() {
     let fake = FakeRealtime::start(Script {

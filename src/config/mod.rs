@@ -440,7 +440,7 @@ impl Config {
         }
         self.validate_ping()?;
         let ranges: [(&str, u64, u64, u64); 9] = [
-            ("max_call_secs", self.max_call_secs, 60, 7 * 24 * 3600),
+            ("max_call_secs", self.max_call_secs, 5, 7 * 24 * 3600),
             (
                 "realtime.reconnect_budget_ms",
                 self.realtime.reconnect_budget_ms,

@@ -40,6 +40,9 @@ pub struct Script {
     /// function_call_output and a response.create arrive, a normal audio
     /// answer follows.
     pub function_call: Option<(String, String)>,
+    /// Audio items per response, each `answer_ms` long (the real service
+    /// may answer with several output items in one response).
+    pub items_per_response: u32,
 }
 
 impl Default for Script {
@@ -51,6 +54,7 @@ impl Default for Script {
             late_deltas_after_cancel: 0,
             close_after_events: None,
             function_call: None,
+            items_per_response: 1,
         }
     }
 }
@@ -547,52 +551,68 @@ fn respond(
     let format = s.output;
     let answer_ms = script.answer_ms;
     let speedup = script.speedup.max(1);
+    let items: Vec<String> = (0..script.items_per_response.max(1))
+        .map(|k| {
+            if k == 0 {
+                item.clone()
+            } else {
+                format!("{item}_{k}")
+            }
+        })
+        .collect();
     {
         let mut r = rec.lock().unwrap();
-        r.sent_ms.push((item.clone(), 0));
+        for id in &items {
+            r.sent_ms.push((id.clone(), 0));
+        }
         if let Some(n) = r.session_answers.get_mut(s.nth as usize - 1) {
             *n += 1;
         }
     }
     tokio::spawn(async move {
-        let item_obj = json!({"id":item,"object":"realtime.item","type":"message","role":"assistant","status":"in_progress","content":[]});
         let _ = out.send(json!({"type":"response.created","response":{"id":resp,"object":"realtime.response","status":"in_progress","output":[]}}));
-        let _ = out.send(json!({"type":"response.output_item.added","response_id":resp,"output_index":0,"item":item_obj}));
-        let _ = out.send(json!({"type":added,"item":item_obj,"previous_item_id":null}));
-        let _ = out.send(json!({"type":"response.content_part.added","response_id":resp,"item_id":item,"output_index":0,"content_index":0,"part":{"type":"audio","transcript":""}}));
-        let _ = out.send(json!({"type":tr_delta,"response_id":resp,"item_id":item,"output_index":0,"content_index":0,"delta":"Hello"}));
-        // Deltas of varying sizes, as the real service sends.
-        let sizes = [20u32, 60, 100, 40, 200, 80];
-        let mut sent = 0u32;
-        let mut i = 0;
-        while sent < answer_ms {
-            let ms = sizes[i % sizes.len()].min(answer_ms - sent);
-            i += 1;
-            let wait = Duration::from_millis((ms / speedup) as u64);
-            tokio::select! {
-                _ = cancel_rx.recv() => return,
-                _ = tokio::time::sleep(wait) => {}
+        let mut done_items = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            *active.lock().unwrap() = Some((resp.clone(), item.clone()));
+            let item_obj = json!({"id":item,"object":"realtime.item","type":"message","role":"assistant","status":"in_progress","content":[]});
+            let _ = out.send(json!({"type":"response.output_item.added","response_id":resp,"output_index":index,"item":item_obj}));
+            let _ = out.send(json!({"type":added,"item":item_obj,"previous_item_id":null}));
+            let _ = out.send(json!({"type":"response.content_part.added","response_id":resp,"item_id":item,"output_index":index,"content_index":0,"part":{"type":"audio","transcript":""}}));
+            let _ = out.send(json!({"type":tr_delta,"response_id":resp,"item_id":item,"output_index":index,"content_index":0,"delta":"Hello"}));
+            // Deltas of varying sizes, as the real service sends.
+            let sizes = [20u32, 60, 100, 40, 200, 80];
+            let mut sent = 0u32;
+            let mut i = 0;
+            while sent < answer_ms {
+                let ms = sizes[i % sizes.len()].min(answer_ms - sent);
+                i += 1;
+                let wait = Duration::from_millis((ms / speedup) as u64);
+                tokio::select! {
+                    _ = cancel_rx.recv() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                let _ = out.send(json!({"type":audio_delta,"response_id":resp,"item_id":item,"output_index":index,"content_index":0,"delta":B64.encode(tone(format, ms, sent))}));
+                sent += ms;
+                if let Some(e) = rec
+                    .lock()
+                    .unwrap()
+                    .sent_ms
+                    .iter_mut()
+                    .find(|(i, _)| i == item)
+                {
+                    e.1 = sent;
+                }
             }
-            let _ = out.send(json!({"type":audio_delta,"response_id":resp,"item_id":item,"output_index":0,"content_index":0,"delta":B64.encode(tone(format, ms, sent))}));
-            sent += ms;
-            if let Some(e) = rec
-                .lock()
-                .unwrap()
-                .sent_ms
-                .iter_mut()
-                .find(|(i, _)| *i == item)
-            {
-                e.1 = sent;
+            if cancel_rx.try_recv().is_ok() {
+                return;
             }
-        }
-        if cancel_rx.try_recv().is_ok() {
-            return;
+            let _ = out.send(json!({"type":tr_done,"response_id":resp,"item_id":item,"output_index":index,"content_index":0,"transcript":"Hello"}));
+            let _ = out.send(json!({"type":audio_done,"response_id":resp,"item_id":item,"output_index":index,"content_index":0}));
+            let _ = out.send(json!({"type":"response.content_part.done","response_id":resp,"item_id":item,"output_index":index,"content_index":0,"part":{"type":"audio","transcript":"Hello"}}));
+            let _ = out.send(json!({"type":"response.output_item.done","response_id":resp,"output_index":index,"item":item_obj}));
+            done_items.push(item_obj);
         }
         active.lock().unwrap().take();
-        let _ = out.send(json!({"type":tr_done,"response_id":resp,"item_id":item,"output_index":0,"content_index":0,"transcript":"Hello"}));
-        let _ = out.send(json!({"type":audio_done,"response_id":resp,"item_id":item,"output_index":0,"content_index":0}));
-        let _ = out.send(json!({"type":"response.content_part.done","response_id":resp,"item_id":item,"output_index":0,"content_index":0,"part":{"type":"audio","transcript":"Hello"}}));
-        let _ = out.send(json!({"type":"response.output_item.done","response_id":resp,"output_index":0,"item":item_obj}));
-        let _ = out.send(json!({"type":"response.done","response":{"id":resp,"object":"realtime.response","status":"completed","output":[item_obj],"usage":{"total_tokens":30,"input_tokens":20,"output_tokens":10}}}));
+        let _ = out.send(json!({"type":"response.done","response":{"id":resp,"object":"realtime.response","status":"completed","output":done_items,"usage":{"total_tokens":30,"input_tokens":20,"output_tokens":10}}}));
     });
 }
