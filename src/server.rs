@@ -1070,6 +1070,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         idle_timeout: Duration::from_millis(cfg.twilio.idle_timeout_ms),
         max_call: Duration::from_secs(cfg.max_call_secs),
         reconnect_filler: shared.reconnect_filler.clone(),
+        log_content: cfg.log.transcripts,
     };
     let declared: Vec<_> = assistant
         .tools

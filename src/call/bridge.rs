@@ -100,6 +100,10 @@ pub struct CallParams {
     pub max_call: Duration,
     /// μ-law audio played to the caller while the model is away.
     pub reconnect_filler: Option<Arc<Vec<u8>>>,
+    /// `log.transcripts`: log what was said, keyed and called with (each
+    /// turn, keypad digits, tool arguments and results) at INFO. Off, none
+    /// of it reaches the logs at any level.
+    pub log_content: bool,
 }
 
 impl CallParams {
@@ -127,6 +131,7 @@ impl CallParams {
             idle_timeout: Duration::from_secs(15),
             max_call: Duration::from_secs(4 * 3600),
             reconnect_filler: None,
+            log_content: false,
         }
     }
 }
@@ -284,6 +289,11 @@ where
         let _ = futures_util::join!(model_close, twilio_close);
     })
     .await;
+    if call.p.log_content {
+        if let Some(turn) = call.transcript.last() {
+            log_turn(&call.p.context.call_sid, turn);
+        }
+    }
     CallSummary {
         outcome,
         turns: call.turns.max(call.caller_turns),
@@ -946,6 +956,9 @@ where
                 "unknown".to_owned()
             };
             tracing::info!(call_sid = %self.p.context.call_sid, tool = %label, "tool call");
+            if self.p.log_content {
+                tracing::info!(call_sid = %self.p.context.call_sid, tool = %label, arguments = %call.arguments, "tool arguments");
+            }
             pending.push(label.clone());
             let call_id = call.call_id.clone();
             let started = Instant::now();
@@ -1013,6 +1026,9 @@ where
         self.m
             .tool_call(&done.name, done.outcome.as_str(), done.took);
         tracing::info!(call_sid = %self.p.context.call_sid, tool = %done.name, outcome = done.outcome.as_str(), took_ms = done.took.as_millis() as u64, "tool call finished");
+        if self.p.log_content {
+            tracing::info!(call_sid = %self.p.context.call_sid, tool = %done.name, result = %done.output.output, "tool result");
+        }
         self.tool_log.push(ToolRecord {
             name: done.name.clone(),
             outcome: done.outcome.as_str(),
@@ -1199,6 +1215,9 @@ where
         if self.dtmf_keys.is_empty() {
             return Ok(());
         }
+        if self.p.log_content {
+            tracing::info!(call_sid = %self.p.context.call_sid, digits = %self.dtmf_keys, "keypad digits");
+        }
         let mut text = String::from("The caller pressed on the keypad:");
         for key in self.dtmf_keys.drain(..) {
             text.push(' ');
@@ -1221,6 +1240,11 @@ where
                 turn.text.push_str(text);
             }
             _ => {
+                if self.p.log_content {
+                    if let Some(done) = self.transcript.last() {
+                        log_turn(&self.p.context.call_sid, done);
+                    }
+                }
                 if role == Role::Caller {
                     self.caller_turns += 1;
                 }
@@ -1231,7 +1255,8 @@ where
                 self.transcript_at.push(self.started.elapsed());
             }
         }
-        // The words themselves never reach the logs: they are the caller's.
+        // The words themselves reach the logs only with `log.transcripts`
+        // (one line per finished turn, see `log_turn`): they are the caller's.
         tracing::debug!(call_sid = %self.p.context.call_sid, role = ?role, bytes = text.len(), "transcript");
     }
 
@@ -1545,3 +1570,8 @@ async fn sleep_until_opt(at: Option<Instant>) {
 #[cfg(test)]
 #[path = "bridge_tests.rs"]
 mod tests;
+
+/// One finished turn of the conversation, logged only with `log.transcripts`.
+fn log_turn(call_sid: &str, turn: &Turn) {
+    tracing::info!(call_sid, role = ?turn.role, text = %turn.text, "transcript");
+}

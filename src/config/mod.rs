@@ -271,6 +271,12 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// Log what callers and the model said, keypad digits, and tool
+    /// arguments and results, at INFO. Off by default: they are personal
+    /// data (PINs, card numbers, health details) and belong in call records
+    /// you control, not in a log pipeline.
+    #[serde(default)]
+    pub transcripts: bool,
     /// A tracing filter (`info`, `callbridge=debug`, …); `RUST_LOG` overrides it.
     pub level: String,
 }
@@ -346,6 +352,7 @@ impl Default for Config {
             summary: SummaryConfig::default(),
             pricing: PricingConfig::default(),
             log: LogConfig {
+                transcripts: false,
                 format: LogFormat::Text,
                 level: "info".into(),
             },
