@@ -1071,6 +1071,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         max_call: Duration::from_secs(cfg.max_call_secs),
         reconnect_filler: shared.reconnect_filler.clone(),
         log_content: cfg.log.transcripts,
+        heard_offset: Duration::from_millis(cfg.audio.heard_offset_ms),
     };
     let declared: Vec<_> = assistant
         .tools

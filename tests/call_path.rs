@@ -298,6 +298,44 @@ async fn barge_in_with_two_items_queued_truncates_the_one_playing() {
     assert_eq!(bridge.metrics.errors("model_error"), 0);
 }
 
+/// `audio.heard_offset_ms` moves the truncation back by the delay between
+/// Twilio playing audio and the caller hearing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heard_offset_moves_the_truncation_back() {
+    let fake = FakeRealtime::start(Script {
+        answer_ms: 6000,
+        ..Script::default()
+    })
+    .await;
+    let bridge = Bridge::start(&fake.url(), |c| {
+        c.audio.mode = AudioMode::Pcmu;
+        c.audio.heard_offset_ms = 700;
+    })
+    .await;
+    let sid = call_sid(11);
+    let (ws, token) = bridge.connect(&sid).await;
+    let mut script = CallerScript::new(
+        &sid,
+        &token,
+        fixture("speech.ulaw"),
+        Duration::from_secs(30),
+    );
+    script.bargein = Some((Duration::from_millis(1000), fixture("bargein.ulaw")));
+    script.end_after_first_answer = Some(Duration::from_millis(3500));
+    let log = run_caller(ws, script).await;
+    let heard = log.heard_at_clear[0];
+    let truncates = fake.events_of("conversation.item.truncate");
+    assert_eq!(truncates.len(), 1, "{truncates:?}");
+    let end_ms = truncates[0]["audio_end_ms"].as_u64().unwrap();
+    eprintln!("heard offset: audio_end_ms={end_ms} heard={heard}");
+    // 700 ms before what the caller had heard by Twilio's playing (which
+    // the barge_in tests pin within a mark of `heard`).
+    assert!(
+        end_ms + 700 <= heard + 250 && end_ms + 700 + 150 >= heard,
+        "audio_end_ms {end_ms}, heard {heard}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_hangs_up_mid_response_closes_the_model_socket() {
     let fake = FakeRealtime::start(Script {

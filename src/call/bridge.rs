@@ -104,6 +104,9 @@ pub struct CallParams {
     /// turn, keypad digits, tool arguments and results) at INFO. Off, none
     /// of it reaches the logs at any level.
     pub log_content: bool,
+    /// `audio.heard_offset_ms`: subtracted from what the caller is believed
+    /// to have heard when they talk over an answer.
+    pub heard_offset: Duration,
 }
 
 impl CallParams {
@@ -132,6 +135,7 @@ impl CallParams {
             max_call: Duration::from_secs(4 * 3600),
             reconnect_filler: None,
             log_content: false,
+            heard_offset: Duration::ZERO,
         }
     }
 }
@@ -439,10 +443,12 @@ where
     ) -> Self {
         let now = Instant::now();
         let first_ping = now + p.ping_interval;
+        let mut playout = Playout::new(p.playout_lead);
+        playout.set_heard_offset(p.heard_offset);
         Bridge {
             inbound: InboundTranscoder::new(p.mode),
             outbound: OutboundTranscoder::new(p.mode),
-            playout: Playout::new(p.playout_lead),
+            playout,
             known_tools: tools
                 .specs()
                 .into_iter()

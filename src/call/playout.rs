@@ -78,6 +78,9 @@ pub struct Playout {
     /// When everything sent so far will have finished playing at Twilio.
     play_end: Option<Instant>,
     mark_buf: String,
+    /// `audio.heard_offset_ms`: how far behind Twilio's playing the caller's
+    /// ear is (network and handset buffering), subtracted at barge-in.
+    heard_offset: Duration,
 }
 
 impl Playout {
@@ -91,7 +94,15 @@ impl Playout {
             items: Vec::new(),
             play_end: None,
             mark_buf: String::with_capacity(64),
+            heard_offset: Duration::ZERO,
         }
+    }
+
+    /// Subtract `offset` from what the caller is believed to have heard at
+    /// a barge-in: audio Twilio played (marks echoed) or the clock says
+    /// played reaches the caller's ear this much later.
+    pub fn set_heard_offset(&mut self, offset: Duration) {
+        self.heard_offset = offset;
     }
 
     pub fn generation(&self) -> u32 {
@@ -257,9 +268,12 @@ impl Playout {
     /// What is still queued at Twilio (the clock's lead) was not heard; it
     /// is the newest audio sent, so it is subtracted from the newest item
     /// first, walking back. Marks set a floor: what Twilio confirmed played
-    /// was heard.
+    /// was heard. The heard offset counts as more unheard audio, and lowers
+    /// the marks' floor by as much.
     pub fn interrupt(&mut self, now: Instant) -> Vec<Truncation> {
-        let mut unheard_ms = self.lead_at(now).as_millis() as u64;
+        let offset_ms = u64::try_from(self.heard_offset.as_millis()).unwrap_or(u64::MAX);
+        let lead_ms = u64::try_from(self.lead_at(now).as_millis()).unwrap_or(u64::MAX);
+        let mut unheard_ms = lead_ms.saturating_add(offset_ms);
         let mut cuts = Vec::new();
         for item in self.items.iter().rev() {
             let sent_ms = (item.sent / BYTES_PER_MS) as u64;
@@ -267,7 +281,9 @@ impl Playout {
             let received_ms = (item.received / BYTES_PER_MS) as u64;
             let queued_ms = unheard_ms.min(sent_ms);
             unheard_ms -= queued_ms;
-            let heard_ms = (sent_ms - queued_ms).max(acked_ms).min(sent_ms);
+            let heard_ms = (sent_ms - queued_ms)
+                .max(acked_ms.saturating_sub(offset_ms))
+                .min(sent_ms);
             if heard_ms >= received_ms {
                 // Heard in full: so was everything before it.
                 break;
@@ -463,6 +479,43 @@ mod tests {
             .map(|c| (c.item_id.as_str(), c.audio_end_ms))
             .collect();
         assert_eq!(got, [("b", 200), ("c", 0)]);
+    }
+
+    #[test]
+    fn the_heard_offset_moves_the_cut_back_across_items() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(300));
+        p.set_heard_offset(ms(250));
+        p.push("b", &[2; 8 * 400]);
+        p.push("c", &[3; 8 * 1000]);
+        while p.next_chunk(t0).is_some() {}
+        let t1 = t0 + ms(200);
+        while p.next_chunk(t1).is_some() {}
+        // As in the test above the caller heard 200 ms of b by Twilio's
+        // clock; 250 ms less reaches past b's start: b is cut at 0.
+        let got: Vec<(String, u64)> = p
+            .interrupt(t1)
+            .into_iter()
+            .map(|c| (c.item_id, c.audio_end_ms))
+            .collect();
+        assert_eq!(got, [("b".to_owned(), 0), ("c".to_owned(), 0)]);
+
+        // Echoed marks are a floor lowered by the offset too.
+        let mut q = Playout::new(ms(100));
+        q.set_heard_offset(ms(50));
+        q.push("d", &[4; 8 * 600]);
+        let mut t = t0;
+        for _ in 0..20 {
+            while let Some(c) = q.next_chunk(t) {
+                let mark = c.mark.to_owned();
+                q.on_mark(&mark);
+            }
+            t += ms(20);
+        }
+        // 400 ms played and echoed (the clock leads by 100 ms of sent audio).
+        let cut = &q.interrupt(t)[0];
+        assert!(cut.acked_ms >= 400, "{cut:?}");
+        assert_eq!(cut.audio_end_ms, cut.acked_ms - 50, "{cut:?}");
     }
 
     #[test]

@@ -210,6 +210,12 @@ pub struct AudioConfig {
     /// protocol's default (200 for Realtime; 60 for GPT-Live, which cannot be
     /// told what the caller did not hear, so little may be queued at Twilio).
     pub playout_lead_ms: Option<u64>,
+    /// Subtracted from what the caller is believed to have heard when they
+    /// talk over an answer, ms: the delay between Twilio playing audio (its
+    /// mark echoed) and the caller hearing it (network, carrier, handset).
+    /// Measure it on your own calls; 0 trusts Twilio's marks as they are.
+    #[serde(default)]
+    pub heard_offset_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +319,7 @@ impl Default for Config {
             audio: AudioConfig {
                 mode: AudioMode::Pcm16,
                 playout_lead_ms: None,
+                heard_offset_ms: 0,
             },
             twilio: TwilioConfig {
                 validate_signatures: true,
@@ -446,7 +453,7 @@ impl Config {
             ));
         }
         self.validate_ping()?;
-        let ranges: [(&str, u64, u64, u64); 9] = [
+        let ranges: [(&str, u64, u64, u64); 10] = [
             ("max_call_secs", self.max_call_secs, 5, 7 * 24 * 3600),
             (
                 "realtime.reconnect_budget_ms",
@@ -466,6 +473,7 @@ impl Config {
                 1000,
                 600_000,
             ),
+            ("audio.heard_offset_ms", self.audio.heard_offset_ms, 0, 2000),
             (
                 "http.header_read_timeout_ms",
                 self.http.header_read_timeout_ms,
