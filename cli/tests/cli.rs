@@ -509,3 +509,112 @@ fn dial_places_a_call_through_serve_and_the_twilio_rest_api() {
     assert!(killed.success());
     assert!(child.wait().unwrap().success());
 }
+
+/// Kills a child process when dropped, so a failing test leaves none behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dial_then_the_simulated_callee_talks_to_the_assistant() {
+    use std::io::BufRead as _;
+    const SID: &str = "CAfeedfacefeedfacefeedfacefeedface";
+    // The model: the local echo peer, on a port of its choosing.
+    let mut echo = Reaped(
+        callbridge()
+            .args(["echo-realtime", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = String::new();
+    std::io::BufReader::new(echo.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let model_url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap_or_else(|| panic!("no URL in {first:?}"))
+        .to_owned();
+    // Twilio's REST API, faked; the bridge's public port must be known to
+    // be written into the TwiML, so it is picked first.
+    let (rest, rest_seen) = fake_http(201, r#"{"sid":"CAfeedfacefeedfacefeedfacefeedface"}"#);
+    let public = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut serve = Reaped(
+        callbridge()
+            .arg("serve")
+            .env("CALLBRIDGE_LISTEN", public.to_string())
+            .env("CALLBRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CALLBRIDGE_PUBLIC_URL", format!("http://{public}"))
+            .env("CALLBRIDGE_LOG__FORMAT", "json")
+            .env("CALLBRIDGE_REALTIME__URL", &model_url)
+            .env("CALLBRIDGE_AUDIO__MODE", "pcmu")
+            .env("CALLBRIDGE_TWILIO__API_BASE_URL", format!("http://{rest}"))
+            .env("CALLBRIDGE_ADMIN_TOKEN", "admin-tok")
+            .env("TWILIO_AUTH_TOKEN", "t")
+            .env("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let serving = serving_line(&mut serve.0);
+    let admin = format!("http://{}", serving["admin_listen"].as_str().unwrap());
+
+    let out = callbridge()
+        .args(["dial", "--bridge", &admin])
+        .args(["--to", "+14155550123", "--from", "+14155550199"])
+        .env("CALLBRIDGE_ADMIN_TOKEN", "admin-tok")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SID);
+    let twiml = {
+        let seen = rest_seen.lock().unwrap();
+        let (_, form) = &seen[0];
+        url::form_urlencoded::parse(form.as_bytes())
+            .find(|(k, _)| k == "Twiml")
+            .map(|(_, v)| v.into_owned())
+            .expect("Calls.json carries the TwiML")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let twiml_file = dir.path().join("call.xml");
+    std::fs::write(&twiml_file, &twiml).unwrap();
+    let heard = dir.path().join("heard.wav");
+
+    // Twilio connects the callee as that TwiML says; the callee speaks.
+    let out = callbridge()
+        .args(["call", "--bridge", &format!("http://{public}")])
+        .arg("--twiml")
+        .arg(&twiml_file)
+        .args(["--call-sid", SID, "--max-duration", "30"])
+        .arg("--audio")
+        .arg(fixture("speech.ulaw"))
+        .arg("--out")
+        .arg(&heard)
+        .env("TWILIO_AUTH_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    // The echo peer spoke the callee's words back: loud audio was heard.
+    let mut wav = hound::WavReader::open(&heard).unwrap();
+    let loud = wav
+        .samples::<i16>()
+        .filter(|s| s.as_ref().is_ok_and(|s| s.unsigned_abs() > 2000))
+        .count();
+    assert!(loud > 2000, "only {loud} loud samples heard (8 kHz)");
+}

@@ -66,6 +66,10 @@ pub struct CallOptions {
     pub max_duration: Duration,
     /// A fixed CallSid instead of a random `CA…`.
     pub call_sid: Option<String>,
+    /// Answer an outbound call: the TwiML the bridge gave Twilio in
+    /// `Calls.json` (with `call_sid`, the SID Twilio returned). The webhook
+    /// is skipped; the stream opens as that TwiML says.
+    pub twiml: Option<String>,
     /// Bound on each network step of the set-up (connect, webhook, upgrade)
     /// and on each send.
     pub timeout: Duration,
@@ -85,6 +89,7 @@ impl CallOptions {
             wait_for_answer: true,
             max_duration: Duration::from_secs(120),
             call_sid: None,
+            twiml: None,
             timeout: Duration::from_secs(10),
         }
     }
@@ -273,17 +278,33 @@ pub async fn place_call(
         ));
     }
     let sids = stream::Sids::new(opts.call_sid.clone())?;
-    let opened = stream::dial(
-        &opts.bridge,
-        &opts.transport,
-        opts.auth_token.as_deref(),
-        sids,
-        opts.timeout,
-        // tungstenite zero-fills its whole read buffer on reads; the
-        // bridge's frames are small, so a small buffer saves that work.
-        16 << 10,
-    )
-    .await?;
+    // tungstenite zero-fills its whole read buffer on reads; the bridge's
+    // frames are small, so a small buffer saves that work.
+    let read_buffer = 16 << 10;
+    let opened = match &opts.twiml {
+        Some(twiml) => {
+            stream::open(
+                stream::parse_twiml(twiml)?,
+                &opts.transport,
+                opts.auth_token.as_deref(),
+                sids,
+                opts.timeout,
+                read_buffer,
+            )
+            .await?
+        }
+        None => {
+            stream::dial(
+                &opts.bridge,
+                &opts.transport,
+                opts.auth_token.as_deref(),
+                sids,
+                opts.timeout,
+                read_buffer,
+            )
+            .await?
+        }
+    };
     let mut call = Call::new(opts, &opened, progress);
     call.emit(|_| Progress::Streaming {
         call_sid: opened.sids.call.clone(),

@@ -337,6 +337,20 @@ pub(crate) async fn dial(
 ) -> Result<Opened, SimError> {
     let voice = voice_url(bridge)?;
     let answer = post_voice(&voice, transport, auth_token, &sids, timeout).await?;
+    open(answer, transport, auth_token, sids, timeout, read_buffer).await
+}
+
+/// Opens the stream a TwiML answer names: signed upgrade, `connected`,
+/// `start` with its parameters. Used directly for an outbound call, whose
+/// TwiML Twilio got in `Calls.json` rather than from a webhook.
+pub(crate) async fn open(
+    answer: Answer,
+    transport: &Transport,
+    auth_token: Option<&str>,
+    sids: Sids,
+    timeout: Duration,
+    read_buffer: usize,
+) -> Result<Opened, SimError> {
     let mut ws = connect_stream(
         &answer.stream_url,
         transport,

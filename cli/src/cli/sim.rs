@@ -62,6 +62,14 @@ pub struct CallArgs {
     /// Hang up after this many seconds whatever happens.
     #[arg(long, default_value_t = 120.0, value_name = "SECS")]
     pub max_duration: f64,
+    /// Answer an outbound call instead of calling in: the file holds the
+    /// TwiML the bridge sent Twilio in `Calls.json` (needs --call-sid, the
+    /// SID the REST API returned). The webhook is skipped.
+    #[arg(long, value_name = "FILE", requires = "call_sid")]
+    pub twiml: Option<PathBuf>,
+    /// The call's SID (`CA` + 32 hex digits); default: a random one.
+    #[arg(long, value_name = "SID")]
+    pub call_sid: Option<String>,
 }
 
 /// `callbridge loadtest`: N concurrent simulated calls, relay latency and
@@ -125,6 +133,13 @@ pub fn call(args: CallArgs) -> anyhow::Result<()> {
     opts.auth_token = auth_token()?;
     opts.trailing_silence = seconds("--trailing-silence", args.trailing_silence)?;
     opts.max_duration = seconds("--max-duration", args.max_duration)?;
+    opts.call_sid = args.call_sid;
+    if let Some(path) = &args.twiml {
+        opts.twiml = Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --twiml {}", path.display()))?,
+        );
+    }
     if let Some(ms) = args.barge_in_after {
         opts.barge_in = Some(BargeIn {
             audio: match &args.barge_in_audio {
