@@ -502,3 +502,38 @@ async fn a_call_reported_over_cannot_start_a_stream_afterwards() {
     assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Expired), 1);
     assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Hit), 0);
 }
+
+/// Pre-warm: the model session is opened and configured (with the call's
+/// context) as soon as Twilio has created the call, while it rings; the
+/// answered call's stream takes it over instead of connecting.
+#[tokio::test]
+async fn the_placed_call_s_session_is_opened_while_it_rings_and_taken_over_on_answer() {
+    let s = setup(|_| {}).await;
+    let call_sid = dial(
+        &admin_url(&s.bridge),
+        &Secret::new(ADMIN_TOKEN),
+        &request(CALLEE, Some(json!({"customer": SECRET_FACT}))),
+    )
+    .await
+    .unwrap();
+    support::wait_until("the session is configured before the answer", || {
+        s.fake.events_of("session.update").len() == 1
+    })
+    .await;
+    let update = &s.fake.events_of("session.update")[0];
+    assert!(update["session"]["instructions"]
+        .as_str()
+        .unwrap()
+        .contains(SECRET_FACT));
+
+    let twiml = creates(&s.rest)[0].param("Twiml").unwrap().to_owned();
+    let ws = open_as_twilio(&twiml).await;
+    let mut script = script_for(&call_sid, &twiml, Duration::from_secs(15));
+    script.end_after_first_answer = Some(Duration::from_millis(1500));
+    let log = run_caller(ws, script).await;
+    assert!(log.heard_ms >= 1000, "heard {} ms", log.heard_ms);
+    assert_eq!(s.fake.record.lock().unwrap().sessions, 1);
+    assert_eq!(s.fake.events_of("session.update").len(), 1);
+    assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Hit), 1);
+    assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Miss), 0);
+}
