@@ -69,6 +69,10 @@ pub struct CallOptions {
     /// Bound on each network step of the set-up (connect, webhook, upgrade)
     /// and on each send.
     pub timeout: Duration,
+    /// Pause between the webhook's answer and opening the stream: Twilio
+    /// fetches the TwiML, then connects the stream a moment later (the
+    /// window a pre-warmed model session is opened in). Zero by default.
+    pub stream_delay: Duration,
 }
 
 impl CallOptions {
@@ -86,6 +90,7 @@ impl CallOptions {
             max_duration: Duration::from_secs(120),
             call_sid: None,
             timeout: Duration::from_secs(10),
+            stream_delay: Duration::ZERO,
         }
     }
 }
@@ -279,6 +284,7 @@ pub async fn place_call(
         opts.auth_token.as_deref(),
         sids,
         opts.timeout,
+        opts.stream_delay,
         // tungstenite zero-fills its whole read buffer on reads; the
         // bridge's frames are small, so a small buffer saves that work.
         16 << 10,
