@@ -495,6 +495,7 @@ impl Server {
             drain_timeout_s = shared.config.drain_timeout,
             "draining"
         );
+        shared.close_parked();
         shared.tracker.close();
         if tokio::time::timeout(shared.config.drain_timeout(), shared.tracker.wait())
             .await
@@ -661,6 +662,20 @@ impl Shared {
                 prewarm::close(&mut warm.tx, "call over").await;
             }
         });
+    }
+
+    /// Draining: no stream will be admitted, so no pre-warmed session will
+    /// be used. Each is closed now (one still opening is closed by its
+    /// opener, which finds its place gone).
+    fn close_parked(&self) {
+        for claim in self.parked.claim_all() {
+            self.metrics.prewarm.count(PrewarmResult::Expired);
+            self.tracker.spawn(async move {
+                if let Some(mut warm) = claim.wait(Duration::ZERO).await {
+                    prewarm::close(&mut warm.tx, "going away").await;
+                }
+            });
+        }
     }
 
     fn is_full(&self) -> bool {

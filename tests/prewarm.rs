@@ -3,8 +3,9 @@
 //! stream starts and the stream takes it over (hit); a stream with no
 //! session here connects as before (miss: another replica answered the
 //! webhook, pre-warm is off, or it failed); a session whose stream never
-//! comes is closed when the stream token expires (expired). The store's
-//! timing is unit-tested with paused time in `callbridge::call::parked`.
+//! comes is closed when the stream token expires, or the server drains
+//! (expired). The store's timing is unit-tested with paused time in
+//! `callbridge::call::parked`.
 
 mod support;
 
@@ -210,5 +211,19 @@ async fn a_session_whose_stream_never_comes_is_closed_at_the_token_expiry() {
     .await;
     assert_eq!(log.close_code, Some(1008));
     assert_eq!(fake.record.lock().unwrap().sessions, 1);
+    assert_eq!(counts(&bridge.metrics), [0, 0, 1]);
+}
+
+#[tokio::test]
+async fn draining_closes_the_parked_sessions() {
+    let fake = FakeRealtime::start(Script::default()).await;
+    let mut bridge = Bridge::start(&fake.url(), |_| {}).await;
+    let (_stream_url, _token) = bridge.answer(&call_sid(7)).await;
+    wait_until("configured", || fake.events_of("session.update").len() == 1).await;
+    bridge.shutdown();
+    wait_until("the parked session is closed", || {
+        fake.record.lock().unwrap().closed_by_client == 1
+    })
+    .await;
     assert_eq!(counts(&bridge.metrics), [0, 0, 1]);
 }

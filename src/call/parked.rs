@@ -200,6 +200,18 @@ impl<T: Send + 'static> Parked<T> {
         Some(Claim(entry.session))
     }
 
+    /// Takes every place (the server is draining: no stream will start).
+    pub fn claim_all(&self) -> Vec<Claim<T>> {
+        self.inner
+            .entries()
+            .drain()
+            .map(|(_, entry)| {
+                entry.timer.abort();
+                Claim(entry.session)
+            })
+            .collect()
+    }
+
     /// Places taken (ready or still opening).
     pub fn len(&self) -> usize {
         self.inner.entries().len()
@@ -324,6 +336,29 @@ mod tests {
         tokio::time::sleep(TTL + Duration::from_secs(1)).await;
         assert_eq!(seen.lock().unwrap().as_slice(), &[Expired::Opening]);
         assert_eq!(reservation.fill("session"), Err("session"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claim_all_empties_the_lot_and_nothing_expires() {
+        let (seen, cb) = recorder();
+        let parked = Parked::new(4);
+        parked
+            .reserve("CA1", TTL, cb())
+            .unwrap()
+            .fill("one")
+            .unwrap();
+        let opening = parked.reserve("CA2", TTL, cb()).unwrap();
+        let claims = parked.claim_all();
+        assert!(parked.is_empty());
+        let mut got = Vec::new();
+        for claim in claims {
+            got.push(claim.wait(Duration::ZERO).await);
+        }
+        got.sort();
+        assert_eq!(got, [None, Some("one")]);
+        assert_eq!(opening.fill("two"), Err("two"));
+        tokio::time::sleep(TTL * 2).await;
+        assert!(seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
