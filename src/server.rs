@@ -560,9 +560,13 @@ impl Shared {
             return;
         };
         let metrics = self.metrics.clone();
+        let sid = call_sid.to_owned();
         let expired = move |expired: Expired<WarmSession>| {
             metrics.prewarm.count(PrewarmResult::Expired);
-            tracing::info!("a pre-warmed model session expired: its stream never started");
+            tracing::info!(
+                call_sid = sid,
+                "a pre-warmed model session expired: its stream never started"
+            );
             if let Expired::Ready(mut warm) = expired {
                 tokio::spawn(async move { prewarm::close(&mut warm.tx, "unused").await });
             }
