@@ -24,7 +24,9 @@
 //! - [`call`]: one call: the Media Stream handshake, the relay loop (generic
 //!   over `Sink`/`Stream` and over the driver; reconnection and rollover),
 //!   the pure pacing + mark ledger behind barge-in, the tool runner interface
-//!   and HTTP tools, and the built-in call control (`end_call`, transfer).
+//!   and HTTP tools, the built-in call control (`end_call`, transfer), and
+//!   pre-warm (a session opened and configured before its stream starts,
+//!   parked by CallSid).
 //! - [`http_client`]: the one builder of outgoing HTTP clients (tools,
 //!   Twilio's REST API, call records): our rustls config, no redirects.
 //! - [`metrics`]: every Prometheus metric, defined once; lock-free on the

@@ -18,9 +18,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
+mod prewarm;
 mod summaries;
 mod usage;
 
+pub use prewarm::{PrewarmMetrics, PrewarmResult};
 pub use summaries::{SummaryMetrics, SummaryOutcome};
 pub use usage::UsageMetrics;
 
@@ -386,6 +388,8 @@ pub struct Metrics {
     pub usage: UsageMetrics,
     /// Call records for the summary webhook.
     pub summaries: SummaryMetrics,
+    /// Pre-warmed model sessions and the model-ready time.
+    pub prewarm: PrewarmMetrics,
     pub model_seconds: Counter<f64, AtomicU64>,
     pub dtmf_digits: Counter,
     tool_calls: Family<LabelsOwned, Counter>,
@@ -505,6 +509,7 @@ impl Metrics {
         );
         let usage = UsageMetrics::register(&mut r);
         let summaries = SummaryMetrics::register(&mut r);
+        let prewarm = PrewarmMetrics::register(&mut r);
         let model_seconds = Counter::<f64, AtomicU64>::default();
         r.register(
             "model_session_seconds",
@@ -619,6 +624,7 @@ impl Metrics {
             upstream_reconnects,
             usage,
             summaries,
+            prewarm,
             model_seconds,
             dtmf_digits,
             tool_calls,

@@ -24,6 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,11 +51,13 @@ use crate::call::bridge::{self, CallParams, CallSummary, Model};
 use crate::call::control::CallControl;
 use crate::call::handshake::{await_start, HandshakeError};
 use crate::call::http_tools::HttpTools;
+use crate::call::parked::{Expired, Parked};
+use crate::call::prewarm::{self, Warm};
 use crate::call::tools::{CallContext, NoTools, ToolRunner};
 use crate::call::{close_code, WsIn, WsOut};
 use crate::config::redact_query;
 use crate::config::{Config, ConfigError, Profile, Secrets, DEFAULT_PROFILE};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, PrewarmResult};
 use crate::outbound::{self, Outbound};
 use crate::serve::{serve, HttpLimits};
 use crate::twilio::rest::TwilioRest;
@@ -74,6 +77,23 @@ const WS_MAX_WRITE_BUFFER: usize = 1 << 20;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Open connections on the admin port (probes, scrapers, `POST /calls`).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The model's socket as calls hold it: boxed, so a session opened ahead of
+/// its stream (pre-warm) can be parked in [`Shared`] and handed to a call
+/// like one opened by it (one indirect call per frame).
+type ModelTx =
+    Pin<Box<dyn futures_util::Sink<WsOut, Error = tokio_tungstenite::tungstenite::Error> + Send>>;
+type ModelRx = Pin<Box<dyn Stream<Item = WsIn> + Send>>;
+/// A pre-warmed session waiting for its stream.
+type WarmSession = Warm<ModelTx, ModelRx>;
+
+fn boxed<S, R>((tx, rx): (S, R)) -> (ModelTx, ModelRx)
+where
+    S: futures_util::Sink<WsOut, Error = tokio_tungstenite::tungstenite::Error> + Send + 'static,
+    R: Stream<Item = WsIn> + Send + 'static,
+{
+    (Box::pin(tx), Box::pin(rx))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -151,6 +171,8 @@ struct Shared {
     close_calls: CancellationToken,
     /// Sends call records, where any profile has a summary URL.
     summaries: Option<SummarySender>,
+    /// Model sessions opened ahead of their streams, by CallSid.
+    parked: Parked<WarmSession>,
 }
 
 /// One assistant profile, ready for calls: its settings, what runs its
@@ -316,6 +338,7 @@ impl Server {
             _ => None,
         };
         metrics.calls_max.set(config.max_calls as i64);
+        let (config_prewarm, max_calls) = (config.realtime.prewarm, config.max_calls);
         let pending_streams = Arc::new(Semaphore::new(config.http.max_pending_streams));
         Ok(Server {
             shared: Arc::new(Shared {
@@ -336,6 +359,7 @@ impl Server {
                 tracker: TaskTracker::new(),
                 close_calls: CancellationToken::new(),
                 summaries,
+                parked: Parked::new(if config_prewarm { max_calls } else { 0 }),
             }),
         })
     }
@@ -471,6 +495,7 @@ impl Server {
             drain_timeout_s = shared.config.drain_timeout,
             "draining"
         );
+        shared.close_parked();
         shared.tracker.close();
         if tokio::time::timeout(shared.config.drain_timeout(), shared.tracker.wait())
             .await
@@ -502,6 +527,161 @@ impl Server {
 }
 
 impl Shared {
+    fn stream_tokens_ttl(&self) -> Duration {
+        Duration::from_secs(self.config.twilio.stream_token_ttl)
+    }
+
+    /// What `assistant`'s model session is configured with; `call_context`:
+    /// an outbound call's context.
+    fn session_spec(&self, assistant: &Assistant, call_context: Option<&str>) -> SessionSpec {
+        let declared: Vec<_> = assistant
+            .tools
+            .specs()
+            .into_iter()
+            .chain(assistant.control.specs())
+            .collect();
+        SessionSpec::for_profile(&self.config, &assistant.profile, declared)
+            .with_call_context(call_context)
+    }
+
+    /// Pre-warm (`realtime.prewarm`): opens and configures `call_sid`'s
+    /// model session in the background and parks it for `ttl` (its stream
+    /// token's lifetime), for the stream's `start` to take over. Never
+    /// fails the call: if there is no room, or opening fails, the stream
+    /// connects when it starts, as it would have anyway.
+    fn prewarm(
+        self: &Arc<Self>,
+        call_sid: &str,
+        profile: &str,
+        call_context: Option<String>,
+        ttl: Duration,
+    ) {
+        let Some(assistant) = self.assistants.get(profile) else {
+            return;
+        };
+        let metrics = self.metrics.clone();
+        let sid = call_sid.to_owned();
+        let expired = move |expired: Expired<WarmSession>| {
+            metrics.prewarm.count(PrewarmResult::Expired);
+            tracing::info!(
+                call_sid = sid,
+                "a pre-warmed model session expired: its stream never started"
+            );
+            if let Expired::Ready(mut warm) = expired {
+                tokio::spawn(async move { prewarm::close(&mut warm.tx, "unused").await });
+            }
+        };
+        let reservation = match self.parked.reserve(call_sid, ttl, expired) {
+            Ok(reservation) => reservation,
+            Err(refused) => {
+                if self.config.realtime.prewarm {
+                    tracing::debug!(call_sid, ?refused, "no pre-warm for this call");
+                }
+                return;
+            }
+        };
+        let mut driver = driver_for(self.session_spec(assistant, call_context.as_deref()));
+        let shared = self.clone();
+        let profile = profile.to_owned();
+        let span = tracing::info_span!("prewarm", call_sid);
+        self.tracker.spawn(
+            async move {
+                let m = &shared.metrics;
+                let opened_at = tokio::time::Instant::now();
+                let (mut tx, mut rx) = match shared.endpoint.connect().await {
+                    Ok(pair) => boxed(pair),
+                    Err(err) => {
+                        m.error("prewarm_failed");
+                        tracing::warn!(error = %err, "pre-warm: cannot open the model session; the stream will try again");
+                        return;
+                    }
+                };
+                m.upstream_connect.observe_duration(opened_at.elapsed());
+                let limit = Duration::from_secs(shared.config.realtime.connect_timeout);
+                if let Err(err) = prewarm::configure(driver.as_mut(), &mut tx, &mut rx, limit).await
+                {
+                    m.error("prewarm_failed");
+                    tracing::warn!(error = %err, "pre-warm: the model session could not be set up; the stream will try again");
+                    return;
+                }
+                let warm = Warm {
+                    driver,
+                    tx,
+                    rx,
+                    opened_at,
+                    profile,
+                };
+                if let Err(mut warm) = reservation.fill(warm) {
+                    prewarm::close(&mut warm.tx, "unused").await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The stream's pre-warmed session, if this replica has one for it (it
+    /// may still be opening: worth waiting for, as a new socket would take
+    /// as long). Counts a hit or a miss.
+    async fn take_warm(&self, call_sid: &str, profile: &str) -> Option<WarmSession> {
+        let wait = Duration::from_secs(self.config.realtime.connect_timeout.saturating_mul(2));
+        let warm = match self.parked.claim(call_sid) {
+            Some(claim) => claim.wait(wait).await,
+            None => None,
+        };
+        let warm = match warm {
+            Some(warm) if warm.profile == profile => Some(warm),
+            Some(mut other) => {
+                // Not what this stream's token names: never hand a call
+                // another profile's session.
+                prewarm::close(&mut other.tx, "unused").await;
+                None
+            }
+            None => None,
+        };
+        let result = if warm.is_some() {
+            PrewarmResult::Hit
+        } else {
+            PrewarmResult::Miss
+        };
+        self.metrics.prewarm.count(result);
+        warm
+    }
+
+    /// Twilio reported the call over (an outbound call nobody answered):
+    /// its pre-warmed session will never be used. Closed now, counted
+    /// `expired`, as it would have been at the token's expiry.
+    fn discard_warm(&self, call_sid: &str) {
+        let Some(claim) = self.parked.claim(call_sid) else {
+            return;
+        };
+        self.metrics.prewarm.count(PrewarmResult::Expired);
+        tracing::info!(
+            call_sid,
+            "the call is over before its stream: its pre-warmed model session is closed"
+        );
+        self.tracker.spawn(async move {
+            // Ready: closed here. Still opening: not waited for; the opener
+            // finds its place gone and closes what it opened.
+            if let Some(mut warm) = claim.wait(Duration::ZERO).await {
+                prewarm::close(&mut warm.tx, "call over").await;
+            }
+        });
+    }
+
+    /// Draining: no stream will be admitted, so no pre-warmed session will
+    /// be used. Each is closed now (one still opening is closed by its
+    /// opener, which finds its place gone).
+    fn close_parked(&self) {
+        for claim in self.parked.claim_all() {
+            self.metrics.prewarm.count(PrewarmResult::Expired);
+            self.tracker.spawn(async move {
+                if let Some(mut warm) = claim.wait(Duration::ZERO).await {
+                    prewarm::close(&mut warm.tx, "going away").await;
+                }
+            });
+        }
+    }
+
     fn is_full(&self) -> bool {
         self.active.load(Ordering::SeqCst) >= self.config.max_calls
     }
@@ -642,6 +822,7 @@ async fn voice(
     status_url.set_path("/stream-status");
     let fallback = Some(shared.config.twilio.fallback_say.as_str()).filter(|s| !s.is_empty());
     tracing::info!(call_sid, profile, "incoming call");
+    shared.prewarm(call_sid, profile, None, shared.stream_tokens_ttl());
     twiml_response(twiml::connect_stream_with(
         stream_url.as_str(),
         status_url.as_str(),
@@ -703,6 +884,15 @@ async fn call_status(
         Err(refused) => return refused,
     };
     shared.outbound.status_callback(&params);
+    let status = params
+        .iter()
+        .find(|(k, _)| k == "CallStatus")
+        .map_or("", |(_, v)| v.as_str());
+    if crate::metrics::OutboundOutcome::from_call_status(status).is_final() {
+        if let Some((_, call_sid)) = params.iter().find(|(k, _)| k == "CallSid") {
+            shared.discard_warm(call_sid);
+        }
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -719,7 +909,22 @@ async fn place_call(
     } else {
         outbound::http::Admission::Open
     };
-    outbound::http::post_calls(&shared.outbound, admission, &headers, &body, now_unix()).await
+    outbound::http::post_calls(
+        &shared.outbound,
+        admission,
+        &headers,
+        &body,
+        now_unix(),
+        |placed| {
+            shared.prewarm(
+                &placed.call_sid,
+                &placed.profile,
+                placed.context.clone(),
+                placed.token_ttl,
+            )
+        },
+    )
+    .await
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -916,6 +1121,8 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
             return;
         }
     };
+    // The model-ready clock starts once `start` is verified.
+    let start_accepted = tokio::time::Instant::now();
     let call_sid = start.call_sid.clone();
     let span = tracing::Span::current();
     span.record("call_sid", call_sid.as_str());
@@ -1024,33 +1231,6 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         CallRecord::new(&meta, summary, cost_usd)
     };
 
-    let connect_started = tokio::time::Instant::now();
-    let (model_tx, model_rx) = match shared.endpoint.connect().await {
-        Ok(pair) => pair,
-        Err(err) => {
-            m.error("upstream_connect");
-            m.call_ended(Outcome::UpstreamFailed);
-            tracing::error!(error = %err, "cannot open the model session");
-            let _ = twilio_tx
-                .send(WsOut::Close(close_code::INTERNAL, "model unavailable"))
-                .await;
-            let duration = started.elapsed();
-            log_call_ended(
-                Outcome::UpstreamFailed,
-                duration,
-                None,
-                None,
-                "model unavailable",
-            );
-            drop(slot);
-            let summary = CallSummary::empty(Outcome::UpstreamFailed, "model unavailable");
-            send_record(&shared, assistant, || record(&summary, duration, 0.0));
-            return;
-        }
-    };
-    m.upstream_connect
-        .observe_duration(connect_started.elapsed());
-
     let cfg = &shared.config;
     let agent = &assistant.profile.agent;
     let params = CallParams {
@@ -1072,40 +1252,74 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         reconnect_filler: shared.reconnect_filler.clone(),
         log_content: cfg.log.transcripts,
         heard_offset: Duration::from_millis(cfg.audio.heard_offset_ms),
+        stream_started: start_accepted,
     };
-    let declared: Vec<_> = assistant
-        .tools
-        .specs()
-        .into_iter()
-        .chain(assistant.control.specs())
-        .collect();
-    let model = Model {
-        driver: driver_for(
-            SessionSpec::for_profile(cfg, &assistant.profile, declared)
-                .with_call_context(call_context.as_deref()),
-        ),
-        tx: model_tx,
-        rx: model_rx,
-        reconnect: (cfg.realtime.reconnect_budget_ms > 0).then(|| {
-            // Opens a new socket to the same endpoint: a reconnect or a
-            // session rollover.
+    // Opens a new socket to the same endpoint: a reconnect or a session
+    // rollover.
+    let reconnect = (cfg.realtime.reconnect_budget_ms > 0).then(|| {
+        let shared = shared.clone();
+        Box::new(move || {
             let shared = shared.clone();
-            Box::new(move || {
-                let shared = shared.clone();
-                Box::pin(async move {
-                    let started = tokio::time::Instant::now();
-                    let pair = shared.endpoint.connect().await.map_err(|e| {
-                        shared.metrics.error("upstream_connect");
-                        e.to_string()
-                    })?;
-                    shared
-                        .metrics
-                        .upstream_connect
-                        .observe_duration(started.elapsed());
-                    Ok(pair)
-                }) as bridge::Connecting<_, _>
-            }) as bridge::Connector<_, _>
-        }),
+            Box::pin(async move {
+                let started = tokio::time::Instant::now();
+                let pair = shared.endpoint.connect().await.map_err(|e| {
+                    shared.metrics.error("upstream_connect");
+                    e.to_string()
+                })?;
+                shared
+                    .metrics
+                    .upstream_connect
+                    .observe_duration(started.elapsed());
+                Ok(boxed(pair))
+            }) as bridge::Connecting<_, _>
+        }) as bridge::Connector<_, _>
+    });
+    let model = match shared.take_warm(&call_sid, profile_name).await {
+        Some(warm) => {
+            tracing::debug!("pre-warmed model session taken over");
+            Model {
+                driver: warm.driver,
+                tx: warm.tx,
+                rx: warm.rx,
+                reconnect,
+                opened_at: Some(warm.opened_at),
+            }
+        }
+        None => {
+            let connect_started = tokio::time::Instant::now();
+            let (model_tx, model_rx) = match shared.endpoint.connect().await {
+                Ok(pair) => boxed(pair),
+                Err(err) => {
+                    m.error("upstream_connect");
+                    m.call_ended(Outcome::UpstreamFailed);
+                    tracing::error!(error = %err, "cannot open the model session");
+                    let _ = twilio_tx
+                        .send(WsOut::Close(close_code::INTERNAL, "model unavailable"))
+                        .await;
+                    let duration = started.elapsed();
+                    log_call_ended(
+                        Outcome::UpstreamFailed,
+                        duration,
+                        None,
+                        None,
+                        "model unavailable",
+                    );
+                    drop(slot);
+                    let summary = CallSummary::empty(Outcome::UpstreamFailed, "model unavailable");
+                    send_record(&shared, assistant, || record(&summary, duration, 0.0));
+                    return;
+                }
+            };
+            m.upstream_connect
+                .observe_duration(connect_started.elapsed());
+            Model {
+                driver: driver_for(shared.session_spec(assistant, call_context.as_deref())),
+                tx: model_tx,
+                rx: model_rx,
+                reconnect,
+                opened_at: None,
+            }
+        }
     };
     let summary = bridge::run(
         params,

@@ -469,7 +469,13 @@ async fn the_profile_is_chosen_by_the_called_number() {
 #[tokio::test]
 async fn a_tampered_or_unknown_profile_in_a_token_is_refused() {
     let fake = FakeRealtime::start(Script::default()).await;
-    let with_sales = Bridge::start(&fake.url(), sales_profile).await;
+    // Pre-warm off: the webhook would open a session of its own (see
+    // tests/prewarm.rs); this test counts the sessions streams open.
+    let with_sales = Bridge::start(&fake.url(), |c| {
+        sales_profile(c);
+        c.realtime.prewarm = false;
+    })
+    .await;
     let sid = call_sid(10);
     let (url, token) = answer_to(&with_sales, &sid, "+14155550177").await;
     assert!(token.contains(".sales."), "{token}");
@@ -486,7 +492,7 @@ async fn a_tampered_or_unknown_profile_in_a_token_is_refused() {
 
     // Authentic but unknown here: a replica with the same auth token and
     // no such profile refuses it the same way.
-    let without = Bridge::start(&fake.url(), |_| {}).await;
+    let without = Bridge::start(&fake.url(), |c| c.realtime.prewarm = false).await;
     let (url_b, _) = without.answer(&sid).await;
     ws = open(&url_b).await;
     let refused = run_caller(

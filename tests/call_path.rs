@@ -500,7 +500,9 @@ async fn the_model_session_rolls_over_and_the_call_goes_on() {
 #[tokio::test]
 async fn missing_or_wrong_signatures_get_403_and_open_no_session() {
     let fake = FakeRealtime::start(Script::default()).await;
-    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    // Pre-warm off: this test counts the sessions streams open, and the
+    // webhook would open one of its own (tests/prewarm.rs).
+    let bridge = Bridge::start(&fake.url(), |c| c.realtime.prewarm = false).await;
     let sid = call_sid(6);
     let params = fake_twilio::voice_params(&sid);
     let url = format!("{}/voice", bridge.public_url);
@@ -606,7 +608,9 @@ fn start_msg(call_sid: &str, token: &str, encoding: &str) -> Value {
 #[tokio::test]
 async fn bad_token_wrong_format_and_late_start_close_with_1008() {
     let fake = FakeRealtime::start(Script::default()).await;
-    let bridge = Bridge::start(&fake.url(), |_| {}).await;
+    // Pre-warm off: this test counts the sessions streams open, and the
+    // webhook would open one of its own (tests/prewarm.rs).
+    let bridge = Bridge::start(&fake.url(), |c| c.realtime.prewarm = false).await;
     let sid = call_sid(9);
     let (_, token) = bridge.answer(&sid).await;
 

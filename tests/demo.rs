@@ -8,6 +8,7 @@ use std::time::Duration;
 use callbridge::audio::AudioMode;
 use callbridge::config::Dialect;
 use callbridge_sim::demo::{tool_arguments, DemoReport};
+use callbridge_sim::first_turn::{self, FirstTurnOptions};
 use callbridge_sim::tool_server::LOOKUP_ORDER;
 
 async fn demo(dialect: Dialect) -> DemoReport {
@@ -67,6 +68,16 @@ fn assert_ended_by_end_call(demo: &DemoReport) {
     demo.ended_by_assistant().unwrap();
 }
 
+/// The demo reports the first turn (a greeting call measured before it):
+/// pre-warmed by default, with both figures.
+fn assert_first_turn_pre_warmed(demo: &DemoReport) {
+    let turn = &demo.first_turn;
+    assert!(turn.errors.is_empty(), "{turn:?}");
+    assert!(turn.prewarm_hit, "{turn:?}");
+    assert!(turn.model_ready.is_some(), "{turn:?}");
+    assert!(turn.first_answer.is_some(), "{turn:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_call_has_a_tool_round_trip_a_barge_in_and_ends_by_end_call_in_pcmu_mode() {
     let demo = demo(Dialect::Ga).await;
@@ -87,6 +98,7 @@ async fn demo_call_has_a_tool_round_trip_a_barge_in_and_ends_by_end_call_in_pcmu
     assert_eq!(report.sent.len(), report.heard.len());
     assert_tool_round_trip(&demo);
     assert_ended_by_end_call(&demo);
+    assert_first_turn_pre_warmed(&demo);
 }
 
 /// GPT-Live: the model yields by itself when talked over; the bridge sends
@@ -106,4 +118,40 @@ async fn demo_call_over_gpt_live_has_a_tool_round_trip_the_model_yields_and_ends
     assert!(report.bytes_heard > 8 * 2000, "{report}");
     assert_tool_round_trip(&demo);
     assert_ended_by_end_call(&demo);
+    assert_first_turn_pre_warmed(&demo);
+}
+
+/// The first-turn probe behind the README's table: without pre-warm the
+/// first answer waits for the model's connect (stood in for by the peer's
+/// handshake delay); with it, and the stream arriving after the connect is
+/// done, the stream takes over the ready session. Only lower bounds on time
+/// are asserted: they follow from the peer's own delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_turn_waits_for_the_connect_only_without_pre_warm() {
+    let connect = Duration::from_millis(200);
+    let base = FirstTurnOptions {
+        dialect: Dialect::Ga,
+        mode: AudioMode::Pcmu,
+        connect_delay: connect,
+        prewarm: false,
+        stream_gap: Duration::from_millis(400),
+    };
+    let cold = first_turn::measure(base).await.unwrap();
+    assert!(cold.errors.is_empty(), "{cold:?}");
+    assert!(!cold.prewarm_hit, "{cold:?}");
+    assert!(cold.model_ready.unwrap() >= connect, "{cold:?}");
+    assert!(cold.first_answer.unwrap() >= connect, "{cold:?}");
+
+    let warm = first_turn::measure(FirstTurnOptions {
+        prewarm: true,
+        ..base
+    })
+    .await
+    .unwrap();
+    assert!(warm.errors.is_empty(), "{warm:?}");
+    assert!(warm.prewarm_hit, "{warm:?}");
+    assert!(
+        warm.model_ready.is_some() && warm.first_answer.is_some(),
+        "{warm:?}"
+    );
 }

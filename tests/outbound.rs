@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use callbridge::call::tools::NoTools;
 use callbridge::config::{Config, Secret};
-use callbridge::metrics::{Metrics, OutboundOutcome, TwilioOp, TwilioOutcome};
+use callbridge::metrics::{Metrics, OutboundOutcome, PrewarmResult, TwilioOp, TwilioOutcome};
 use callbridge::outbound::client::{dial, DialError};
 use callbridge::outbound::CallRequest;
 use serde_json::{json, Value};
@@ -217,7 +217,9 @@ async fn dial_places_a_call_and_the_callee_talks_to_the_assistant() {
 
 #[tokio::test]
 async fn a_twiml_token_is_refused_for_another_call_sid_and_used_once() {
-    let s = setup(|_| {}).await;
+    // Pre-warm off: this test counts the sessions streams open, and placing
+    // the call would open one of its own (tests/prewarm.rs).
+    let s = setup(|c| c.realtime.prewarm = false).await;
     let call_sid = dial(
         &admin_url(&s.bridge),
         &Secret::new(ADMIN_TOKEN),
@@ -485,5 +487,53 @@ async fn a_call_reported_over_cannot_start_a_stream_afterwards() {
     assert_eq!(log.await.unwrap().close_code, Some(1008));
     ws = open_as_twilio(&twiml).await;
     drop(ws);
-    assert_eq!(s.fake.record.lock().unwrap().sessions, 0);
+    // The one session is the one pre-warmed when the call was placed,
+    // closed unused once Twilio reported the call over; the refused
+    // streams opened none.
+    let closed = async {
+        while s.fake.record.lock().unwrap().closed_by_client == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the pre-warmed session is closed");
+    assert_eq!(s.fake.record.lock().unwrap().sessions, 1);
+    assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Expired), 1);
+    assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Hit), 0);
+}
+
+/// Pre-warm: the model session is opened and configured (with the call's
+/// context) as soon as Twilio has created the call, while it rings; the
+/// answered call's stream takes it over instead of connecting.
+#[tokio::test]
+async fn the_placed_call_s_session_is_opened_while_it_rings_and_taken_over_on_answer() {
+    let s = setup(|_| {}).await;
+    let call_sid = dial(
+        &admin_url(&s.bridge),
+        &Secret::new(ADMIN_TOKEN),
+        &request(CALLEE, Some(json!({"customer": SECRET_FACT}))),
+    )
+    .await
+    .unwrap();
+    support::wait_until("the session is configured before the answer", || {
+        s.fake.events_of("session.update").len() == 1
+    })
+    .await;
+    let update = &s.fake.events_of("session.update")[0];
+    assert!(update["session"]["instructions"]
+        .as_str()
+        .unwrap()
+        .contains(SECRET_FACT));
+
+    let twiml = creates(&s.rest)[0].param("Twiml").unwrap().to_owned();
+    let ws = open_as_twilio(&twiml).await;
+    let mut script = script_for(&call_sid, &twiml, Duration::from_secs(15));
+    script.end_after_first_answer = Some(Duration::from_millis(1500));
+    let log = run_caller(ws, script).await;
+    assert!(log.heard_ms >= 1000, "heard {} ms", log.heard_ms);
+    assert_eq!(s.fake.record.lock().unwrap().sessions, 1);
+    assert_eq!(s.fake.events_of("session.update").len(), 1);
+    assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Hit), 1);
+    assert_eq!(s.bridge.metrics.prewarm.get(PrewarmResult::Miss), 0);
 }

@@ -6,6 +6,7 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -110,6 +111,11 @@ struct EchoRealtimeArgs {
     /// answers normally.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     end_call_after: Option<u32>,
+    /// Hold each WebSocket handshake this many ms before answering it, to stand for
+    /// a real provider's connect time (TLS, upgrade, session placement), which on
+    /// loopback is next to nothing. The session setup itself is answered at once.
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=60_000))]
+    connect_delay_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +221,7 @@ fn echo_realtime(args: EchoRealtimeArgs) -> anyhow::Result<()> {
         protocol,
         tool_call,
         end_call_after,
+        connect_delay_ms,
     } = args;
     if mode == EchoMode::Loopback && (tool_call.is_some() || end_call_after.is_some()) {
         anyhow::bail!("--tool-call and --end-call-after need --mode turn");
@@ -238,6 +245,7 @@ fn echo_realtime(args: EchoRealtimeArgs) -> anyhow::Result<()> {
             mode,
             tool_call,
             end_call_after,
+            connect_delay: Duration::from_millis(connect_delay_ms),
             ..EchoOptions::default()
         };
         callbridge_sim::echo::serve(listener, options, shutdown_signal()).await?;

@@ -73,6 +73,10 @@ pub struct CallOptions {
     /// Bound on each network step of the set-up (connect, webhook, upgrade)
     /// and on each send.
     pub timeout: Duration,
+    /// Pause between the webhook's answer and opening the stream: Twilio
+    /// fetches the TwiML, then connects the stream a moment later (the
+    /// window a pre-warmed model session is opened in). Zero by default.
+    pub stream_delay: Duration,
 }
 
 impl CallOptions {
@@ -91,6 +95,7 @@ impl CallOptions {
             call_sid: None,
             twiml: None,
             timeout: Duration::from_secs(10),
+            stream_delay: Duration::ZERO,
         }
     }
 }
@@ -300,6 +305,7 @@ pub async fn place_call(
                 opts.auth_token.as_deref(),
                 sids,
                 opts.timeout,
+                opts.stream_delay,
                 read_buffer,
             )
             .await?

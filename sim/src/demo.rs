@@ -17,6 +17,11 @@
 //!    nothing leaves the machine) and closes the stream with 1000, while the
 //!    caller is still on the line.
 //!
+//! Before it, a short call to an assistant that greets measures the first
+//! turn ([`crate::first_turn`]): how long after `start` the model session is
+//! ready and the greeting arrives, with pre-warm on or off and the model's
+//! connect time stood in for by the peer ([`DemoOptions`]).
+//!
 //! [`DemoReport`] holds what the caller, the bridge and the tool endpoint
 //! saw; the call is written as a stereo WAV by the CLI.
 
@@ -27,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::echo::{self, EchoOptions, EchoProtocol, ToolCall};
+use crate::first_turn::{self, FirstTurn, FirstTurnOptions};
 use crate::tool_server::{HangUp, ToolRequest, ToolServer, LOOKUP_ORDER};
 use crate::{caller, rms, BargeIn, CallOptions, CallReport, Progress, SimError};
 use crate::{FRAME, FRAME_BYTES, SILENCE, SPEECH_RMS};
@@ -131,6 +137,50 @@ pub struct DemoReport {
     /// When the first tool request arrived, on the call's timeline.
     pub tool_called_at: Option<Duration>,
     pub ending: Ending,
+    /// The first turn of a call to an assistant that greets, measured
+    /// before the demo call ([`crate::first_turn`]).
+    pub first_turn: FirstTurn,
+}
+
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub dialect: Dialect,
+    pub mode: AudioMode,
+    /// Talk over the echo once this much of it has been heard.
+    pub barge_in_after: Duration,
+    /// The local peer holds each WebSocket handshake this long
+    /// ([`EchoOptions::connect_delay`]): a real provider's connect time.
+    pub connect_delay: Duration,
+    /// `realtime.prewarm`: open the model session at the webhook.
+    pub prewarm: bool,
+    /// The simulated Twilio's pause between the webhook's answer and
+    /// opening the stream ([`crate::CallOptions::stream_delay`]).
+    pub stream_gap: Duration,
+}
+
+impl DemoOptions {
+    pub fn new(dialect: Dialect, mode: AudioMode) -> DemoOptions {
+        DemoOptions {
+            dialect,
+            mode,
+            barge_in_after: Duration::from_millis(1500),
+            connect_delay: Duration::ZERO,
+            prewarm: true,
+            stream_gap: Duration::ZERO,
+        }
+    }
+
+    /// The first-turn probe with the same settings.
+    pub fn first_turn(&self) -> FirstTurnOptions {
+        FirstTurnOptions {
+            dialect: self.dialect,
+            mode: self.mode,
+            connect_delay: self.connect_delay,
+            prewarm: self.prewarm,
+            stream_gap: self.stream_gap,
+        }
+    }
 }
 
 /// The arguments the peer calls `lookup_order` with.
@@ -272,13 +322,27 @@ struct Watched {
     closed_at: Option<Duration>,
 }
 
-/// Runs the demo call end to end.
+/// Runs the demo call end to end, pre-warmed, with no connect delay.
 pub async fn run(
     dialect: Dialect,
     mode: AudioMode,
     barge_in_after: Duration,
     progress: Option<tokio::sync::mpsc::UnboundedSender<caller::Progress>>,
 ) -> Result<DemoReport, SimError> {
+    let options = DemoOptions {
+        barge_in_after,
+        ..DemoOptions::new(dialect, mode)
+    };
+    run_with(&options, progress).await
+}
+
+/// Runs the demo call end to end, as `options` say.
+pub async fn run_with(
+    demo: &DemoOptions,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<caller::Progress>>,
+) -> Result<DemoReport, SimError> {
+    let (dialect, mode, barge_in_after) = (demo.dialect, demo.mode, demo.barge_in_after);
+    let first_turn = first_turn::measure(demo.first_turn()).await?;
     let io = |what: &str, e: std::io::Error| SimError::Options(format!("{what}: {e}"));
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| SimError::Options(e.to_string()))?;
@@ -307,6 +371,7 @@ pub async fn run(
             arguments: tool_arguments().to_string(),
         }),
         end_call_after: Some(END_CALL_ON_TURN),
+        connect_delay: demo.connect_delay,
         ..EchoOptions::default()
     };
     let peer = tokio::spawn(echo::serve(peer_listener, options, async {
@@ -328,6 +393,7 @@ pub async fn run(
         format!("ws://{peer_addr}/v1/realtime?model=echo")
     });
     config.audio.mode = mode;
+    config.realtime.prewarm = demo.prewarm;
     // A real `[[agent.tools]]` entry: the bridge's HTTP tool runner calls it.
     let mut tool = ToolConfig::new(
         LOOKUP_ORDER,
@@ -372,6 +438,7 @@ pub async fn run(
         after_heard: heard_before_echo(dialect) + barge_in_after,
     });
     opts.trailing_silence = CALLER_WAITS;
+    opts.stream_delay = demo.stream_gap;
     opts.max_duration = Duration::from_secs(60);
 
     // Watch the narration on its way to the CLI: it says who ended the call.
@@ -451,6 +518,7 @@ pub async fn run(
             goodbye_heard,
             quiet_before_close,
         },
+        first_turn,
     })
 }
 

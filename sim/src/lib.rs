@@ -20,6 +20,8 @@
 //! - [`loadtest`]: many lean calls at once, measuring per-frame relay latency
 //!   against a loopback Realtime peer, plus the bridge's CPU and memory.
 //! - [`demo`]: the whole product on loopback, behind `callbridge demo`.
+//! - [`first_turn`]: the first turn's latency with and without pre-warm
+//!   (the demo's "first turn" line, the README's table).
 //! - `stream` (private): the webhook, the TwiML scan, the signed upgrade and
 //!   the `connected`/`start` opening, shared by both, over plain TCP or TLS
 //!   ([`Transport`]: trusted roots, `--resolve`).
@@ -32,6 +34,7 @@
 pub mod caller;
 pub mod demo;
 pub mod echo;
+pub mod first_turn;
 pub mod loadtest;
 mod playback;
 mod stream;

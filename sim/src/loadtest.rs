@@ -461,6 +461,7 @@ async fn one_call(shared: Arc<Shared>, start_at: Instant) -> CallStats {
         opts.auth_token.as_deref(),
         sids,
         opts.timeout,
+        Duration::ZERO,
         4 << 10,
     )
     .await

@@ -325,18 +325,22 @@ pub(crate) fn voice_url(bridge: &Url) -> Result<Url, SimError> {
     Ok(url)
 }
 
-/// Dials: webhook, TwiML, signed upgrade, `connected`, `start`. Each network
-/// step is bounded by `timeout`.
+/// Dials: webhook, TwiML, (a pause of `stream_delay`), signed upgrade,
+/// `connected`, `start`. Each network step is bounded by `timeout`.
 pub(crate) async fn dial(
     bridge: &Url,
     transport: &Transport,
     auth_token: Option<&str>,
     sids: Sids,
     timeout: Duration,
+    stream_delay: Duration,
     read_buffer: usize,
 ) -> Result<Opened, SimError> {
     let voice = voice_url(bridge)?;
     let answer = post_voice(&voice, transport, auth_token, &sids, timeout).await?;
+    if !stream_delay.is_zero() {
+        tokio::time::sleep(stream_delay).await;
+    }
     open(answer, transport, auth_token, sids, timeout, read_buffer).await
 }
 

@@ -107,6 +107,10 @@ pub struct CallParams {
     /// `audio.heard_offset_ms`: subtracted from what the caller is believed
     /// to have heard when they talk over an answer.
     pub heard_offset: Duration,
+    /// When the stream's `start` was accepted: the model-ready time
+    /// (`callbridge_model_ready_seconds`) counts from here, so it includes
+    /// opening the model's socket when that happens after `start`.
+    pub stream_started: Instant,
 }
 
 impl CallParams {
@@ -136,6 +140,7 @@ impl CallParams {
             reconnect_filler: None,
             log_content: false,
             heard_offset: Duration::ZERO,
+            stream_started: Instant::now(),
         }
     }
 }
@@ -225,6 +230,11 @@ pub struct Model<MS, MR> {
     pub tx: MS,
     pub rx: MR,
     pub reconnect: Option<Connector<MS, MR>>,
+    /// `Some(when)`: the session was opened and configured before the
+    /// stream started (pre-warmed, see [`crate::call::prewarm`]) at `when`.
+    /// The bridge does not configure it again, and counts the session's age
+    /// (for the rollover) from then.
+    pub opened_at: Option<Instant>,
 }
 
 /// Runs the call until either side ends it or `shutdown` fires.
@@ -248,9 +258,14 @@ where
         tx: model_tx,
         rx,
         mut reconnect,
+        opened_at,
     } = model;
     let mut model_rx = Some(rx);
     let mut call = Bridge::new(params, metrics, tools, driver, twilio_tx, model_tx);
+    if let Some(at) = opened_at {
+        call.session_started = at;
+        call.preopened = true;
+    }
     let result = call
         .run_loop(&mut twilio_rx, &mut model_rx, &mut reconnect, &shutdown)
         .await;
@@ -396,6 +411,10 @@ struct Bridge<TS, MS> {
     batches: Vec<Batch>,
     next_batch: u64,
     greeted: bool,
+    /// The first session was configured before the stream started.
+    preopened: bool,
+    /// `callbridge_model_ready_seconds` has this call's observation.
+    ready_observed: bool,
     inbound: InboundTranscoder,
     outbound: OutboundTranscoder,
     playout: Playout,
@@ -482,6 +501,8 @@ where
             batches: Vec::new(),
             next_batch: 0,
             greeted: false,
+            preopened: false,
+            ready_observed: false,
             ulaw_in: Vec::with_capacity(512),
             model_audio: Vec::with_capacity(16 << 10),
             b64: String::with_capacity(2048),
@@ -517,9 +538,15 @@ where
         TR: Stream<Item = WsIn> + Unpin,
         MR: Stream<Item = WsIn> + Unpin + Send + 'static,
     {
-        self.driver.open(&[], &mut self.outbox);
-        if let Err(e) = self.flush_outbox().await {
-            return e;
+        if self.preopened {
+            // Configured already: the greeting (if any) is all that is owed,
+            // now that the caller is listening.
+            self.observe_ready();
+        } else {
+            self.driver.open(&[], &mut self.outbox);
+            if let Err(e) = self.flush_outbox().await {
+                return e;
+            }
         }
         if self.driver.ready() {
             if let Err(e) = self.greet().await {
@@ -894,6 +921,17 @@ where
         }
         self.outbox = queued;
         result
+    }
+
+    /// The first session is configured: how long after `start` (once per call).
+    fn observe_ready(&mut self) {
+        if !self.ready_observed {
+            self.ready_observed = true;
+            self.m
+                .prewarm
+                .model_ready
+                .observe_duration(self.p.stream_started.elapsed());
+        }
     }
 
     /// The model speaks first, once per call, when a greeting is configured.
@@ -1418,6 +1456,7 @@ where
                 self.speech_stopped_at = Some(received);
             }
             ModelEvent::Ready => {
+                self.observe_ready();
                 self.flush_held().await?;
                 self.greet().await?;
             }

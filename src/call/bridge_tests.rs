@@ -54,6 +54,7 @@ fn start_with(config: &Config, tools: Arc<dyn ToolRunner>) -> Harness {
         tx: PollSender::new(fm_tx),
         rx: stream_of(tm_rx),
         reconnect: None,
+        opened_at: None,
     };
     let task = tokio::spawn(run(
         params,
@@ -441,6 +442,7 @@ async fn drain_signal_closes_with_going_away() {
         tx: PollSender::new(fm_tx),
         rx: stream_of(tm_rx),
         reconnect: None,
+        opened_at: None,
     };
     let task = tokio::spawn(run(
         params,
@@ -777,6 +779,7 @@ fn start_reconnecting(tweak: impl FnOnce(&mut CallParams)) -> Reconnecting {
         tx: PollSender::new(fm_tx),
         rx: stream_of(tm_rx),
         reconnect: Some(connector),
+        opened_at: None,
     };
     let task = tokio::spawn(run(
         params,

@@ -198,6 +198,14 @@ pub struct RealtimeConfig {
     pub max_session_secs: u64,
     /// A μ-law 8 kHz file (`.ulaw`) played to the caller while reconnecting.
     pub reconnect_filler: Option<PathBuf>,
+    /// Open and configure a call's model session as soon as the call is
+    /// admitted (voice webhook, `POST /calls`), before its stream starts,
+    /// so the first turn does not wait for the model's connect and setup.
+    /// At most `max_calls` wait at once, each for the stream token's
+    /// lifetime. A waiting session is an open one: GPT-Live bills it by
+    /// the second; Realtime bills tokens, so an idle one costs next to
+    /// nothing.
+    pub prewarm: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -315,6 +323,7 @@ impl Default for Config {
                 pong_timeout_ms: 10_000,
                 max_session_secs: 3300,
                 reconnect_filler: None,
+                prewarm: true,
             },
             audio: AudioConfig {
                 mode: AudioMode::Pcm16,

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{request, Outbound, PlaceError};
+use super::{request, Outbound, PlaceError, Placed};
 
 /// Whether the server takes new calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +33,15 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Answers one `POST /calls`.
+/// Answers one `POST /calls`. `on_placed` runs once Twilio has created the
+/// call, before the answer goes out (the server pre-warms its model session).
 pub async fn post_calls(
     outbound: &Outbound,
     admission: Admission,
     headers: &HeaderMap,
     body: &[u8],
     now_unix: u64,
+    on_placed: impl FnOnce(&Placed),
 ) -> Response {
     let Some(admin) = &outbound.admin else {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
@@ -80,11 +82,14 @@ pub async fn post_calls(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
     };
     match outbound.place_call(request, now_unix).await {
-        Ok(call_sid) => (
-            StatusCode::CREATED,
-            axum::Json(json!({ "call_sid": call_sid })),
-        )
-            .into_response(),
+        Ok(placed) => {
+            on_placed(&placed);
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({ "call_sid": placed.call_sid })),
+            )
+                .into_response()
+        }
         Err(PlaceError::Request(e)) => error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
         Err(PlaceError::Unavailable(why)) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)

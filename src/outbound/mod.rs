@@ -82,6 +82,19 @@ pub enum PlaceError {
     Twilio(#[from] RestError),
 }
 
+/// A call Twilio created: what the work that starts with it (opening its
+/// model session ahead of the answer) needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub call_sid: String,
+    /// The assistant profile that answers it.
+    pub profile: String,
+    /// The call's context as the model reads it, if the request had one.
+    pub context: Option<String>,
+    /// How long its stream token stays valid: no stream starts later.
+    pub token_ttl: Duration,
+}
+
 /// Everything outbound calls need, built once at start-up.
 pub struct Outbound {
     /// None: `POST /calls` is off (404).
@@ -194,14 +207,15 @@ impl Outbound {
     }
 
     /// Places one call (the request already parsed by [`request::parse`]);
-    /// returns its CallSid. The one place an outbound call is admitted:
-    /// work that should start with the call (opening the model session
-    /// ahead of the answer, say) belongs here, keyed by the CallSid.
+    /// returns what was placed. The one place an outbound call is admitted:
+    /// work that should start with the call (the server opens its model
+    /// session ahead of the answer) starts from the [`Placed`], keyed by
+    /// its CallSid.
     pub async fn place_call(
         &self,
         request: CallRequest,
         now_unix: u64,
-    ) -> Result<String, PlaceError> {
+    ) -> Result<Placed, PlaceError> {
         let (Some(rest), Some(account_sid)) = (&self.rest, &self.account_sid) else {
             return Err(PlaceError::Unavailable(
                 self.unavailable()
@@ -230,7 +244,7 @@ impl Outbound {
         );
         let expires = now_unix.saturating_add(self.token_ttl.as_secs());
         self.pending
-            .insert(&reference, context, expires, now_unix)
+            .insert(&reference, context.clone(), expires, now_unix)
             .map_err(|_| PlaceError::Unavailable("too many outbound calls waiting"))?;
         match rest
             .create_call(
@@ -245,7 +259,12 @@ impl Outbound {
             Ok(call_sid) => {
                 self.pending.created(&reference, &call_sid);
                 tracing::info!(call_sid, profile, "outbound call placed");
-                Ok(call_sid)
+                Ok(Placed {
+                    call_sid,
+                    profile: profile.to_owned(),
+                    context,
+                    token_ttl: self.token_ttl,
+                })
             }
             Err(e) => {
                 self.pending.forget(&reference);

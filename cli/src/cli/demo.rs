@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use callbridge::audio::AudioMode;
 use callbridge::config::Dialect;
-use callbridge_sim::demo::{run, tool_arguments, GOODBYE_WINDOW};
+use callbridge_sim::demo::{run_with, tool_arguments, DemoOptions, GOODBYE_WINDOW};
+use callbridge_sim::first_turn::{measure, FirstTurn};
 use callbridge_sim::tool_server::LOOKUP_ORDER;
 
 /// `callbridge demo`.
@@ -27,6 +28,22 @@ pub struct DemoArgs {
     /// have been heard.
     #[arg(long, default_value_t = 1500, value_name = "MS")]
     pub barge_in_after: u64,
+    /// The local peer holds each WebSocket handshake this many ms, standing for a
+    /// real provider's connect time (what pre-warm hides).
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(..=10_000))]
+    pub connect_delay_ms: u64,
+    /// Run with realtime.prewarm = false: the model session is opened when the
+    /// stream starts, not at the voice webhook.
+    #[arg(long)]
+    pub no_prewarm: bool,
+    /// The simulated Twilio waits this many ms between the webhook's answer and
+    /// opening the stream (Twilio fetches the TwiML, then connects the stream).
+    #[arg(long, default_value_t = 0, value_name = "MS", value_parser = clap::value_parser!(u64).range(..=10_000))]
+    pub stream_gap_ms: u64,
+    /// Measure the first turn only (the greeting call) and skip the demo call: one
+    /// line, for tables.
+    #[arg(long)]
+    pub first_turn_only: bool,
 }
 
 fn parse_dialect(s: &str) -> Result<Dialect, String> {
@@ -64,6 +81,21 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!(
         "(the local peer is a test tool, not a model: it echoes your words back, calls {LOOKUP_ORDER} after your first words, and says goodbye and calls end_call on your third turn)"
     );
+    let options = DemoOptions {
+        barge_in_after: Duration::from_millis(args.barge_in_after),
+        connect_delay: Duration::from_millis(args.connect_delay_ms),
+        prewarm: !args.no_prewarm,
+        stream_gap: Duration::from_millis(args.stream_gap_ms),
+        ..DemoOptions::new(args.dialect, args.mode)
+    };
+    if args.first_turn_only {
+        let turn = runtime.block_on(measure(options.first_turn()))?;
+        println!("{}", first_turn_line(&args, &turn));
+        if !turn.errors.is_empty() {
+            bail!("the first-turn call had errors: {}", turn.errors.join("; "));
+        }
+        return Ok(());
+    }
     let demo = runtime.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let narrator = tokio::spawn(async move {
@@ -71,13 +103,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 eprintln!("{}", super::sim::describe(&event, true));
             }
         });
-        let result = run(
-            args.dialect,
-            args.mode,
-            Duration::from_millis(args.barge_in_after),
-            Some(tx),
-        )
-        .await;
+        let result = run_with(&options, Some(tx)).await;
         let _ = narrator.await;
         result
     })?;
@@ -117,6 +143,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             ms(side.turn_latency)
         );
     }
+    println!("{}", first_turn_line(&args, &demo.first_turn));
     println!("the assistant acting");
     let outcome = if side.tool_calls_ok > 0 && side.tool_calls_failed == 0 {
         "ok".to_owned()
@@ -208,4 +235,26 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the assistant did not end the call: {why}");
     }
     Ok(())
+}
+
+/// The "first turn" line: the greeting call measured before the demo call.
+fn first_turn_line(args: &DemoArgs, turn: &FirstTurn) -> String {
+    let ms = |d: Option<Duration>| {
+        d.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.0} ms", d.as_secs_f64() * 1e3),
+        )
+    };
+    let prewarm = match (args.no_prewarm, turn.prewarm_hit) {
+        (true, _) => "off",
+        (false, true) => "on (hit)",
+        (false, false) => "on (miss)",
+    };
+    format!(
+        "  first turn        pre-warm {prewarm}, model connect {} ms, stream {} ms after the webhook: start -> model ready {} (bridge), start -> first answer audio {} (caller; a greeting, on a call of its own)",
+        args.connect_delay_ms,
+        args.stream_gap_ms,
+        ms(turn.model_ready),
+        ms(turn.first_answer)
+    )
 }

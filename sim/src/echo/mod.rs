@@ -24,6 +24,8 @@
 //!   twice as fast as real time as the real service does, interleaved with
 //!   transcript deltas. Barge-in, `response.cancel`, `conversation.item.truncate`
 //!   and manual turns (`turn_detection: null`) behave as PROTOCOLS.md says.
+//!   A `response.create` before the caller has said anything (a greeting)
+//!   is answered with a one-second chime whose transcript is `(greeting)`.
 //!   Scripted function calls (see [Scripted tool calls](#scripted-tool-calls))
 //!   follow PROTOCOLS.md §2.5.
 //! - **loopback**: for load tests. No VAD and no turns: every
@@ -107,6 +109,14 @@
 //!   call's output is still to be answered (Realtime: a response speaks
 //!   pending outputs first; GPT-Live: no `end_call` while a delegated
 //!   call awaits its output).
+//!
+//! # Connect time
+//!
+//! **`--connect-delay-ms MS`** ([`EchoOptions::connect_delay`]): every
+//! WebSocket handshake is held this long before the `101` goes out, standing
+//! for a real provider's connect time (TLS, the upgrade, placing the
+//! session), which on loopback is next to nothing. It is what pre-warm
+//! hides, so the demo can show the first-turn latency with and without it.
 //!
 //! Scale: one task per session and no state shared between sessions beyond
 //! an id counter, so thousands of sessions fit on one core; in loopback mode
@@ -330,6 +340,13 @@ pub struct EchoOptions {
     /// the `end_call` tool with `{"reason":"the caller is done"}`, if the
     /// session declares a function named `end_call`. None by default.
     pub end_call_after: Option<u32>,
+    /// Held before completing each WebSocket handshake (the TCP connection
+    /// is accepted at once; the `101 Switching Protocols` answer waits), to
+    /// stand for a real provider's connect time: TLS, the upgrade, and
+    /// placing the session, which on loopback take next to nothing. The
+    /// session's own setup (`session.update` → `session.updated`) is
+    /// answered at once, as before. Zero by default.
+    pub connect_delay: Duration,
 }
 
 impl Default for EchoOptions {
@@ -342,6 +359,7 @@ impl Default for EchoOptions {
             first_audio_delay: Duration::ZERO,
             tool_call: None,
             end_call_after: None,
+            connect_delay: Duration::ZERO,
         }
     }
 }
@@ -552,6 +570,9 @@ async fn run_session(
     // default 128 KiB was a quarter of the peer's CPU under load.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 << 10);
+    if !options.connect_delay.is_zero() {
+        tokio::time::sleep(options.connect_delay).await;
+    }
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
     let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,

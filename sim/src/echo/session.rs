@@ -67,8 +67,10 @@ struct TokenContext {
 }
 
 /// Spoken answers that are not echoes (chimes with a transcript), in ms:
-/// the goodbye before `end_call`, the answer with a tool's output, and the
+/// a greeting (a response asked for before the caller said anything), the
+/// goodbye before `end_call`, the answer with a tool's output, and the
 /// "Bye now." once `end_call` has its output.
+const GREETING_MS: u64 = 1000;
 const GOODBYE_MS: u64 = 1200;
 const TOOL_ANSWER_MS: u64 = 1500;
 const BYE_MS: u64 = 600;
@@ -998,10 +1000,17 @@ impl Session {
                 );
             }
         }
-        let (audio, ms) = match &self.last_turn {
-            Some(turn) => (render(&turn.samples, turn.format, format), turn.ms),
-            None => (Vec::new(), 0),
+        let Some(turn) = &self.last_turn else {
+            // Asked to speak before the caller said anything: a greeting.
+            return Content {
+                audio: chime(format, GREETING_MS),
+                transcript: "(greeting)".to_owned(),
+                input_ms: 0,
+                message: true,
+                call: None,
+            };
         };
+        let (audio, ms) = (render(&turn.samples, turn.format, format), turn.ms);
         let transcript = format!("(echo of {} ms)", format.micros(audio.len()) / 1000);
         Content {
             audio,
@@ -1664,6 +1673,31 @@ mod tests {
         assert_eq!(output[0]["content"][0]["transcript"], GOODBYE);
         assert_eq!(output[1]["name"], "end_call");
         assert_eq!(output[1]["arguments"], r#"{"reason":"the caller is done"}"#);
+    }
+
+    #[test]
+    fn a_response_before_any_caller_turn_is_a_spoken_greeting() {
+        let mut s = session(Dialect::Ga, None, None);
+        configure(&mut s, &[]);
+        let t0 = Instant::now();
+        drain(&mut s);
+        s.on_text(
+            r#"{"type":"response.create","response":{"instructions":"Greet the caller."}}"#,
+            t0,
+        );
+        s.on_tick(t0 + Duration::from_secs(60));
+        let events = drain(&mut s);
+        let audio: usize = events
+            .iter()
+            .filter(|e| e["type"] == "response.output_audio.delta")
+            .map(|e| BASE64.decode(e["delta"].as_str().unwrap()).unwrap().len())
+            .sum();
+        assert!(audio > 0, "{:?}", types(&events));
+        let done = events.last().unwrap();
+        assert_eq!(
+            done["response"]["output"][0]["content"][0]["transcript"],
+            "(greeting)"
+        );
     }
 
     #[test]

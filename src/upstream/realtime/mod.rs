@@ -203,10 +203,13 @@ impl Driver for RealtimeDriver {
                     ModelEvent::Error { code, message }
                 }
             }
-            ServerEvent::SessionCreated
-            | ServerEvent::SessionUpdated
-            | ServerEvent::Truncated { .. }
-            | ServerEvent::Other(_) => ModelEvent::None,
+            // The session as configured: the server queues audio behind
+            // `session.update` anyway (see `ready`), so this only tells a
+            // session opened ahead of its call (pre-warm) that it is set up.
+            ServerEvent::SessionUpdated => ModelEvent::Ready,
+            ServerEvent::SessionCreated | ServerEvent::Truncated { .. } | ServerEvent::Other(_) => {
+                ModelEvent::None
+            }
         })
     }
 
