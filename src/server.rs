@@ -1092,6 +1092,38 @@ fn adapt_twilio(
     (tx, rx)
 }
 
+/// A stream turned away before any model session: how it is closed, counted
+/// and logged (one `call ended` line, like every call).
+struct Refusal {
+    code: u16,
+    close_reason: &'static str,
+    outcome: Outcome,
+    log_reason: &'static str,
+}
+
+impl Refusal {
+    /// Closed with 1008 and a short reason for Twilio; the log says why.
+    fn policy(outcome: Outcome, close_reason: &'static str, log_reason: &'static str) -> Refusal {
+        Refusal {
+            code: close_code::POLICY,
+            close_reason,
+            outcome,
+            log_reason,
+        }
+    }
+
+    async fn close<S>(self, twilio_tx: &mut S, m: &Metrics, started: tokio::time::Instant)
+    where
+        S: Sink<WsOut> + Unpin,
+    {
+        let _ = twilio_tx
+            .send(WsOut::Close(self.code, self.close_reason))
+            .await;
+        m.call_ended(self.outcome);
+        log_call_ended(self.outcome, started.elapsed(), None, None, self.log_reason);
+    }
+}
+
 async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket: WebSocket) {
     let started = tokio::time::Instant::now();
     let started_at = SystemTime::now();
@@ -1113,12 +1145,8 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
                 _ => Outcome::Unauthorized,
             };
             tracing::warn!(error = %err, "media stream refused");
-            let _ = twilio_tx
-                .send(WsOut::Close(close_code::POLICY, "stream refused"))
-                .await;
-            m.call_ended(outcome);
-            log_call_ended(outcome, started.elapsed(), None, None, "stream refused");
-            return;
+            let refusal = Refusal::policy(outcome, "stream refused", "stream refused");
+            return refusal.close(&mut twilio_tx, m, started).await;
         }
     };
     // The model-ready clock starts once `start` is verified.
@@ -1137,36 +1165,20 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
     let Some(assistant) = shared.assistants.get(profile_name) else {
         m.error("unknown_profile");
         tracing::warn!("media stream refused: the token names an unknown profile");
-        let _ = twilio_tx
-            .send(WsOut::Close(close_code::POLICY, "stream refused"))
-            .await;
-        m.call_ended(Outcome::Unauthorized);
-        log_call_ended(
-            Outcome::Unauthorized,
-            started.elapsed(),
-            None,
-            None,
-            "unknown profile",
-        );
-        return;
+        let refusal = Refusal::policy(Outcome::Unauthorized, "stream refused", "unknown profile");
+        return refusal.close(&mut twilio_tx, m, started).await;
     };
     // One live stream per CallSid: a token (valid for its whole TTL) must
     // not open a second paid model session beside the first.
     let Some(_streaming) = Streaming::claim(&shared, &call_sid) else {
         m.error("duplicate_stream");
         tracing::warn!("media stream refused: this call already has a live stream");
-        let _ = twilio_tx
-            .send(WsOut::Close(close_code::POLICY, "stream already open"))
-            .await;
-        m.call_ended(Outcome::Unauthorized);
-        log_call_ended(
+        let refusal = Refusal::policy(
             Outcome::Unauthorized,
-            started.elapsed(),
-            None,
-            None,
+            "stream already open",
             "duplicate stream",
         );
-        return;
+        return refusal.close(&mut twilio_tx, m, started).await;
     };
     // An outbound call placed by this replica: the CallSid must be the one
     // Twilio gave it, once; its context goes to the model.
@@ -1178,33 +1190,25 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
             refused @ (outbound::Claim::WrongCall | outbound::Claim::AlreadyUsed) => {
                 m.error("outbound_ref_mismatch");
                 tracing::warn!(claim = ?refused, "media stream refused: the outbound reference belongs to another call or was used");
-                let _ = twilio_tx
-                    .send(WsOut::Close(close_code::POLICY, "stream refused"))
-                    .await;
-                m.call_ended(Outcome::Unauthorized);
-                log_call_ended(
+                let refusal = Refusal::policy(
                     Outcome::Unauthorized,
-                    started.elapsed(),
-                    None,
-                    None,
+                    "stream refused",
                     "outbound reference refused",
                 );
-                return;
+                return refusal.close(&mut twilio_tx, m, started).await;
             }
         },
     };
     // Admitted: the call now counts against max_calls, not the pending budget.
     let Some(slot) = Slot::acquire(&shared) else {
         tracing::warn!("media stream refused: full or draining");
-        let _ = twilio_tx
-            .send(WsOut::Close(
-                close_code::TRY_AGAIN_LATER,
-                "not accepting calls",
-            ))
-            .await;
-        m.call_ended(Outcome::Rejected);
-        log_call_ended(Outcome::Rejected, started.elapsed(), None, None, "busy");
-        return;
+        let refusal = Refusal {
+            code: close_code::TRY_AGAIN_LATER,
+            close_reason: "not accepting calls",
+            outcome: Outcome::Rejected,
+            log_reason: "busy",
+        };
+        return refusal.close(&mut twilio_tx, m, started).await;
     };
     drop(pending);
     tracing::info!(
