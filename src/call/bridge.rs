@@ -511,15 +511,27 @@ where
             }
         }
         let mut connecting: Option<Connecting<MS, MR>> = None;
-        // One timer for the whole call, moved rather than recreated.
+        // One timer of each kind for the whole call, moved rather than
+        // recreated: a new `Sleep` on every pass registers (and the old one
+        // deregisters) with the runtime's timer wheel for each frame.
         let ping_timer = tokio::time::sleep(TIMER_AT_REST);
         tokio::pin!(ping_timer);
+        let wake_timer = tokio::time::sleep(TIMER_AT_REST);
+        tokio::pin!(wake_timer);
+        let own_timer = tokio::time::sleep(TIMER_AT_REST);
+        tokio::pin!(own_timer);
         loop {
             let wake = self.playout.next_send_at(Instant::now());
             let timer = self.next_timer();
             let ping_at = self.ping_at();
-            if let Some(at) = ping_at.filter(|at| *at != ping_timer.deadline()) {
-                ping_timer.as_mut().reset(at);
+            for (at, sleep) in [
+                (ping_at, ping_timer.as_mut()),
+                (wake, wake_timer.as_mut()),
+                (timer, own_timer.as_mut()),
+            ] {
+                if let Some(at) = at.filter(|at| *at != sleep.deadline()) {
+                    sleep.reset(at);
+                }
             }
             let mut step = tokio::select! {
                 biased;
@@ -559,11 +571,11 @@ where
                     connecting = None;
                     self.connected(done, model_rx, reconnect, &mut connecting).await
                 }
-                _ = sleep_until_opt(wake) => self.pump().await,
+                () = &mut wake_timer, if wake.is_some() => self.pump().await,
                 Some(done) = self.running.next(), if !self.running.is_empty() => {
                     self.tool_finished(done).await
                 }
-                _ = sleep_until_opt(timer) => self.on_timer().await,
+                () = &mut own_timer, if timer.is_some() => self.on_timer().await,
                 () = &mut ping_timer, if ping_at.is_some() => self.on_ping_timer().await,
             };
             if step.is_ok() {
@@ -1531,13 +1543,6 @@ async fn next_or_pending<MR: Stream<Item = WsIn> + Unpin>(rx: &mut Option<MR>) -
 async fn poll_or_pending<T>(fut: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
     match fut.as_mut() {
         Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
