@@ -1,14 +1,17 @@
 //! A fixed, deterministic load through the real relay, for instruction
 //! counts: `scripts/instructions` runs this under callgrind.
 //!
-//! `relay_cost MODE CALLS SECONDS` runs CALLS calls of `call::bridge::run`
+//! `relay_cost MODE CALLS SECONDS [--burst]` runs CALLS calls of `call::bridge::run`
 //! side by side on one current-thread runtime in paused time (no real
 //! sleeping: the clock jumps to the next timer whenever every task waits),
 //! each fed SECONDS of caller audio as Twilio sends it (one 20 ms media
 //! message every 20 ms) and answered the way `echo-realtime --mode loopback`
 //! answers: every append comes straight back as one audio delta of the same
 //! audio, inside one long response. The Twilio side echoes every mark at
-//! once. So per call-second the bridge handles what the load test gives it:
+//! once. With `--burst` the model instead answers each second of caller
+//! audio with a second of its own, sent at once in ten 100 ms deltas (as a
+//! real model sends faster than real time), which exercises the pacing. So
+//! in the default loopback, per call-second the bridge handles what the load test gives it:
 //! 50 caller frames in, 50 appends out, 50 deltas in, and the paced media
 //! and marks out. Nothing here depends on wall-clock time or thread
 //! scheduling, so the instruction count of a run is the same on every run.
@@ -54,6 +57,8 @@ fn stream_of(rx: mpsc::Receiver<WsIn>) -> impl Stream<Item = WsIn> + Unpin {
 struct Seen {
     media: u64,
     media_bytes: u64,
+    /// Media messages of less than one 20 ms frame (160 bytes).
+    short: u64,
     marks: u64,
     clears: u64,
 }
@@ -67,10 +72,12 @@ fn field<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
     rest.get(..end)
 }
 
-/// One call: the bridge, a scripted Twilio side and a loopback model.
+/// One call: the bridge, a scripted Twilio side and a loopback model
+/// (`burst`: the model's 100 ms delta, base64, when it answers in bursts).
 async fn call(
     n: usize,
     mode: AudioMode,
+    burst: Option<Arc<String>>,
     frames: usize,
     payload: Arc<String>,
 ) -> (CallSummary, Seen) {
@@ -112,17 +119,29 @@ async fn call(
             return;
         }
         let mut counter = 0u64;
+        let mut appends = 0u64;
         while let Some(out) = fm_rx.recv().await {
             let WsOut::Text(msg) = out else { continue };
             let Some(audio) = field(&msg, "\"audio\":\"") else {
                 continue;
             };
-            counter += 1;
-            let delta = format!(
-                r#"{{"type":"response.output_audio.delta","event_id":"event_{counter:x}","response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,"delta":"{audio}"}}"#
-            );
-            if tm_tx.send(WsIn::Text(Bytes::from(delta))).await.is_err() {
-                return;
+            appends += 1;
+            // Loopback: each append comes back as one delta. Burst: every
+            // 50th append (1 s) is answered by 1 s of audio at once, in ten
+            // 100 ms deltas, faster than real time as a real model sends.
+            let (deltas, audio) = match &burst {
+                None => (1, audio),
+                Some(answer) if appends % 50 == 0 => (10, answer.as_str()),
+                Some(_) => continue,
+            };
+            for _ in 0..deltas {
+                counter += 1;
+                let delta = format!(
+                    r#"{{"type":"response.output_audio.delta","event_id":"event_{counter:x}","response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,"delta":"{audio}"}}"#
+                );
+                if tm_tx.send(WsIn::Text(Bytes::from(delta))).await.is_err() {
+                    return;
+                }
             }
         }
     });
@@ -138,7 +157,9 @@ async fn call(
                     seen.media += 1;
                     if let Some(p) = field(&msg, "\"payload\":\"") {
                         let pad = p.bytes().rev().take_while(|b| *b == b'=').count();
-                        seen.media_bytes += (p.len() / 4 * 3 - pad) as u64;
+                        let bytes = (p.len() / 4 * 3 - pad) as u64;
+                        seen.media_bytes += bytes;
+                        seen.short += u64::from(bytes < 160);
                     }
                 }
                 Some("mark") => {
@@ -190,6 +211,7 @@ async fn call(
 }
 
 fn main() -> ExitCode {
+    let burst = std::env::args().any(|a| a == "--burst");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -210,6 +232,15 @@ fn main() -> ExitCode {
     let mut ulaw = Vec::new();
     g711::encode_into(&sine(440.0, 8000, 9000.0, 160), &mut ulaw);
     let payload = Arc::new(B64.encode(&ulaw));
+    // 100 ms of the model's output format (a whole number of base64 groups).
+    let answer = match mode {
+        AudioMode::Pcm16 => sine(440.0, 24_000, 9000.0, 2400)
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect::<Vec<u8>>(),
+        AudioMode::Pcmu => ulaw.repeat(5),
+    };
+    let burst = burst.then(|| Arc::new(B64.encode(&answer)));
 
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -224,7 +255,7 @@ fn main() -> ExitCode {
     };
     let results = rt.block_on(async {
         let handles: Vec<_> = (0..calls)
-            .map(|n| tokio::spawn(call(n, mode, frames, payload.clone())))
+            .map(|n| tokio::spawn(call(n, mode, burst.clone(), frames, payload.clone())))
             .collect();
         let mut results = Vec::new();
         for h in handles {
@@ -236,12 +267,14 @@ fn main() -> ExitCode {
     });
 
     let mut ok = results.len() == calls;
-    let (mut frames_in, mut media, mut media_bytes, mut marks, mut clears) = (0, 0, 0, 0, 0);
+    let (mut frames_in, mut media, mut media_bytes, mut short, mut marks, mut clears) =
+        (0, 0, 0, 0, 0, 0);
     for (summary, seen) in &results {
         ok &= summary.frames_in == frames as u64;
         frames_in += summary.frames_in;
         media += seen.media;
         media_bytes += seen.media_bytes;
+        short += seen.short;
         marks += seen.marks;
         clears += seen.clears;
     }
@@ -249,10 +282,11 @@ fn main() -> ExitCode {
         AudioMode::Pcm16 => "pcm16",
         AudioMode::Pcmu => "pcmu",
     };
-    println!("mode={mode_name} calls={calls} seconds={seconds}");
-    println!("frames_in={frames_in} media_out={media} media_bytes_out={media_bytes} marks_out={marks} clears={clears}");
-    let short = results.iter().map(|(s, _)| s.frames_out).sum::<u64>();
-    println!("frames_out={short}");
+    let model = if burst.is_some() { "burst" } else { "loopback" };
+    println!("mode={mode_name} model={model} calls={calls} seconds={seconds}");
+    println!("frames_in={frames_in} media_out={media} media_bytes_out={media_bytes} short_media_out={short} marks_out={marks} clears={clears}");
+    let frames_out = results.iter().map(|(s, _)| s.frames_out).sum::<u64>();
+    println!("frames_out={frames_out}");
     if !ok {
         eprintln!("a call did not relay every caller frame");
         return ExitCode::FAILURE;

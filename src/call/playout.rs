@@ -168,14 +168,23 @@ impl Playout {
     }
 
     /// Takes the next chunk if the lead allows one now: as much as fits
-    /// under the lead, at most 100 ms, never across an item boundary.
+    /// under the lead in whole 20 ms frames, at most 100 ms, never across an
+    /// item boundary. Only the last of what is queued of an item can end in
+    /// a part of a frame (Twilio plays any length).
     pub fn next_chunk(&mut self, now: Instant) -> Option<Chunk<'_>> {
         let &(idx, seg_len) = self.segments.front()?;
         let (space, min_chunk) = self.room(now, seg_len);
         if space < min_chunk {
             return None;
         }
-        let take = seg_len.min(MAX_CHUNK_BYTES).min(space);
+        let mut take = seg_len.min(MAX_CHUNK_BYTES).min(space);
+        if take < seg_len && take > MIN_CHUNK_BYTES {
+            // Whole 20 ms frames: a wake-up a little late finds room for a
+            // frame and a sliver, and the sliver would go out as a media
+            // message of its own. It waits for the next frame instead. Only
+            // the end of what is queued (an item's last audio) is shorter.
+            take -= take % MIN_CHUNK_BYTES;
+        }
         if take == seg_len {
             self.segments.pop_front();
         } else if let Some(front) = self.segments.front_mut() {
@@ -303,6 +312,40 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A late wake-up (here 0.3 ms late, room for 162 bytes) takes one whole
+    /// frame and leaves the rest for the next; the end of the queue goes out
+    /// as it is.
+    #[test]
+    fn chunks_are_whole_frames_but_for_the_end_of_the_queue() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        assert!(p.push("item_a", &[0x7f; 8 * 1000 + 5]));
+        let mut sizes = Vec::new();
+        while let Some(c) = p.next_chunk(t0) {
+            sizes.push(c.payload.len());
+        }
+        assert_eq!(sizes, vec![800, 800]);
+        let late = t0 + Duration::from_micros(20_300);
+        assert_eq!(p.next_chunk(late).map(|c| c.payload.len()), Some(160));
+        assert!(p.next_chunk(late).is_none());
+        // Much later: everything left, the 5-byte tail included, at most
+        // 100 ms a chunk, whole frames but for that tail.
+        let mut t = late;
+        let mut rest = Vec::new();
+        while p.queued_bytes() > 0 {
+            t += ms(500);
+            while let Some(c) = p.next_chunk(t) {
+                rest.push(c.payload.len());
+            }
+        }
+        // (The bridge cuts a chunk into 160-byte media messages: only the
+        // very last one, 5 bytes, is short.)
+        let (last, whole) = rest.split_last().unwrap();
+        assert!(whole.iter().all(|n| n % 160 == 0), "{rest:?}");
+        assert_eq!(last % 160, 5, "{rest:?}");
+        assert_eq!(rest.iter().sum::<usize>(), 8 * 1000 + 5 - 1760);
+    }
+
     #[test]
     fn paces_to_the_lead_and_no_further() {
         let t0 = Instant::now();
@@ -341,10 +384,10 @@ mod tests {
         let t = t0 + ms(50);
         assert_eq!(p.next_send_at(t), Some(t));
         let c = p.next_chunk(t).unwrap();
-        // Exactly what fits under the lead.
-        assert_eq!(c.payload.len(), 8 * 50);
-        assert_eq!(c.lead, ms(200));
-        assert_eq!(p.next_send_at(t), Some(t + ms(20)));
+        // What fits under the lead, in whole 20 ms frames: 40 of the 50 ms.
+        assert_eq!(c.payload.len(), 8 * 40);
+        assert_eq!(c.lead, ms(190));
+        assert_eq!(p.next_send_at(t), Some(t + ms(10)));
     }
 
     #[test]
