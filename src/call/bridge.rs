@@ -75,6 +75,9 @@ pub struct CallParams {
     pub account_sid: String,
     pub mode: AudioMode,
     pub playout_lead: Duration,
+    /// Audio later than this is dropped rather than delivered late, both
+    /// ways (`audio.max_lag_ms`); zero: never.
+    pub max_lag: Duration,
     /// An instruction for the model's first words; empty: wait for the caller.
     pub greeting: String,
     pub dtmf: DtmfMode,
@@ -115,6 +118,7 @@ impl CallParams {
             account_sid: String::new(),
             mode,
             playout_lead: Duration::from_millis(200),
+            max_lag: Duration::from_millis(300),
             greeting: String::new(),
             dtmf: DtmfMode::Model,
             dtmf_timeout: Duration::from_millis(1500),
@@ -395,6 +399,9 @@ struct Bridge<TS, MS> {
     started: Instant,
     first_audio_sent: bool,
     last_seq: Option<u64>,
+    /// Caller audio lateness: the least (arrival − Twilio timestamp) seen,
+    /// in ms from `started`, and when it was set.
+    in_base: Option<(i128, Instant)>,
     bad_allowance: f64,
     bad_at: Instant,
     turns: u32,
@@ -432,7 +439,7 @@ where
         Bridge {
             inbound: InboundTranscoder::new(p.mode),
             outbound: OutboundTranscoder::new(p.mode),
-            playout: Playout::new(p.playout_lead),
+            playout: Playout::new(p.playout_lead).with_max_lag(p.max_lag),
             known_tools: tools
                 .specs()
                 .into_iter()
@@ -474,6 +481,7 @@ where
             started: now,
             first_audio_sent: false,
             last_seq: None,
+            in_base: None,
             bad_allowance: BAD_FRAME_BURST,
             bad_at: now,
             turns: 0,
@@ -1296,6 +1304,12 @@ where
                 {
                     return self.bad_twilio(Reject::BadBase64);
                 }
+                if self.caller_late(received, media.timestamp_ms()) {
+                    self.m
+                        .dropped_in_late
+                        .inc_by(self.ulaw_in.len().div_ceil(TWILIO_FRAME_BYTES).max(1) as u64);
+                    return Ok(());
+                }
                 if self.model_tx.is_none() || (self.sessions > 1 && !self.driver.ready()) {
                     // The model is away or its new session not ready yet:
                     // keep the newest audio for it.
@@ -1338,6 +1352,36 @@ where
         Ok(())
     }
 
+    /// Whether caller audio stamped `timestamp_ms` by Twilio arrived more
+    /// than `max_lag` later than it should have: later, relative to Twilio's
+    /// clock, than the most punctual frame so far. Lateness means a backlog
+    /// on the way in (the bridge, or its writes to the model, fell behind);
+    /// late audio is dropped so that the model hears the caller as of now.
+    ///
+    /// The reference may creep later by 1 ms per second (0.1 %), so that a
+    /// Twilio clock a little slower than ours cannot, over a long call, make
+    /// every frame look late; a backlog grows much faster than that.
+    fn caller_late(&mut self, received: Instant, timestamp_ms: Option<u64>) -> bool {
+        let Some(ts) = timestamp_ms.filter(|_| !self.p.max_lag.is_zero()) else {
+            return false;
+        };
+        let since_ms = received.saturating_duration_since(self.started).as_millis();
+        let offset = i128::try_from(since_ms).unwrap_or(i128::MAX) - i128::from(ts);
+        let reference = self.in_base.map(|(base, at)| {
+            let creep = received.saturating_duration_since(at).as_millis() / 1000;
+            base.saturating_add(i128::try_from(creep).unwrap_or(i128::MAX))
+        });
+        match reference {
+            Some(reference) if offset > reference => {
+                offset - reference > i128::from(self.p.max_lag.as_millis() as u64)
+            }
+            _ => {
+                self.in_base = Some((offset, received));
+                false
+            }
+        }
+    }
+
     async fn on_model(&mut self, frame: &[u8]) -> Step {
         let received = Instant::now();
         let event = match self.driver.on_frame(frame, &mut self.outbox) {
@@ -1360,7 +1404,7 @@ where
                 }
                 match self.outbound.transcode(&self.model_audio) {
                     Ok(ulaw) => {
-                        if !self.playout.push(&item, ulaw) {
+                        if !self.playout.push_at(&item, ulaw, received) {
                             self.m.dropped_out_overflow.inc();
                         }
                     }
@@ -1381,7 +1425,7 @@ where
             }
             ModelEvent::AudioDone { item } => {
                 let tail = self.outbound.flush();
-                if !self.playout.push(&item, tail) {
+                if !self.playout.push_at(&item, tail, received) {
                     self.m.dropped_out_overflow.inc();
                 }
                 self.pump().await?;
@@ -1487,6 +1531,12 @@ where
         loop {
             let now = Instant::now();
             let (mark, lead) = {
+                let late = self.playout.shed_late(now);
+                if late > 0 {
+                    self.m
+                        .dropped_out_late
+                        .inc_by(late.div_ceil(TWILIO_FRAME_BYTES) as u64);
+                }
                 let Some(chunk) = self.playout.next_chunk(now) else {
                     return if fed {
                         self.flush_twilio().await
