@@ -839,18 +839,6 @@ where
         self.twilio_result(sent)
     }
 
-    /// Queues without flushing, so that a chunk and its mark (and several
-    /// chunks) go out in one write.
-    async fn feed_twilio(&mut self, msg: String) -> Step {
-        let fed = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.feed(WsOut::Text(msg))).await;
-        self.twilio_result(fed)
-    }
-
-    async fn flush_twilio(&mut self) -> Step {
-        let flushed = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.flush()).await;
-        self.twilio_result(flushed)
-    }
-
     fn twilio_result<E>(&self, r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Step {
         match r {
             Ok(Ok(())) => Ok(()),
@@ -1527,45 +1515,32 @@ where
     /// Sends every chunk the lead allows now, each followed by its mark,
     /// in one flush.
     async fn pump(&mut self) -> Step {
-        let mut fed = false;
+        let mut frames = std::mem::take(&mut self.frames_pending);
         loop {
             let now = Instant::now();
-            let (mark, lead) = {
-                let late = self.playout.shed_late(now);
-                if late > 0 {
-                    self.m
-                        .dropped_out_late
-                        .inc_by(late.div_ceil(TWILIO_FRAME_BYTES) as u64);
-                }
-                let Some(chunk) = self.playout.next_chunk(now) else {
-                    return if fed {
-                        self.flush_twilio().await
-                    } else {
-                        Ok(())
-                    };
-                };
-                // Cut into Twilio's own 20 ms frames; one mark per chunk.
-                for piece in chunk.payload.chunks(TWILIO_FRAME_BYTES) {
-                    self.b64.clear();
-                    B64.encode_string(piece, &mut self.b64);
-                    let mut media = String::with_capacity(self.b64.len() + 96);
-                    messages::write_media(&mut media, &self.p.context.stream_sid, &self.b64);
-                    self.frames_pending.push(media);
-                }
-                let mut mark = String::with_capacity(128);
-                messages::write_mark(&mut mark, &self.p.context.stream_sid, chunk.mark);
-                (mark, chunk.lead)
+            let late = self.playout.shed_late(now);
+            if late > 0 {
+                self.m
+                    .dropped_out_late
+                    .inc_by(late.div_ceil(TWILIO_FRAME_BYTES) as u64);
+            }
+            let Some(chunk) = self.playout.next_chunk(now) else {
+                break;
             };
-            let mut frames = std::mem::take(&mut self.frames_pending);
-            for media in frames.drain(..) {
-                self.feed_twilio(media).await?;
+            // Cut into Twilio's own 20 ms frames; one mark per chunk.
+            for piece in chunk.payload.chunks(TWILIO_FRAME_BYTES) {
+                self.b64.clear();
+                B64.encode_string(piece, &mut self.b64);
+                let mut media = String::with_capacity(self.b64.len() + 96);
+                messages::write_media(&mut media, &self.p.context.stream_sid, &self.b64);
+                frames.push(media);
                 self.frames_out += 1;
                 self.m.frames_out.inc();
             }
-            self.frames_pending = frames;
-            self.feed_twilio(mark).await?;
-            fed = true;
-            self.m.playout_lead.observe_duration(lead);
+            let mut mark = String::with_capacity(128);
+            messages::write_mark(&mut mark, &self.p.context.stream_sid, chunk.mark);
+            frames.push(mark);
+            self.m.playout_lead.observe_duration(chunk.lead);
             if let Some(stopped) = self.speech_stopped_at.take() {
                 self.m
                     .turn_latency
@@ -1578,6 +1553,24 @@ where
                     .observe_duration(now.duration_since(self.started));
             }
         }
+        if frames.is_empty() {
+            self.frames_pending = frames;
+            return Ok(());
+        }
+        // Every chunk due now and its mark: fed, then flushed as one write,
+        // under one write timeout (a timer per message cost more than the
+        // message's JSON).
+        let tx = &mut self.twilio_tx;
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            for msg in frames.drain(..) {
+                tx.feed(WsOut::Text(msg)).await?;
+            }
+            tx.flush().await
+        })
+        .await;
+        frames.clear();
+        self.frames_pending = frames;
+        self.twilio_result(written)
     }
 }
 

@@ -1211,17 +1211,22 @@ async fn answer_audio_more_than_max_lag_late_is_dropped_not_played_late() {
     // Twilio reads nothing for a second: the bridge is stuck mid-chunk.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut out = Vec::new();
+    // Twilio reads again: the stalled write completes at 1 s.
+    for _ in 0..10 {
+        out.extend(drain(&mut h.from_bridge_twilio));
+        settle().await;
+    }
     for _ in 0..400 {
         out.extend(drain(&mut h.from_bridge_twilio));
         settle().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     out.extend(drain(&mut h.from_bridge_twilio));
-    // The first 100 ms chunk was taken before the socket filled up; the
-    // rest was due from 100 ms on, and at 1 s 600 ms of it was more than
-    // 300 ms late: 30 frames dropped, the other 1.4 s played.
-    assert_eq!(h.metrics.dropped_out_late.get(), 30);
-    assert_eq!(media_ms(&out), 1400);
+    // The lead's 200 ms was taken (and is being written) when the socket
+    // filled up; the rest was due from 200 ms on, and at 1 s 500 ms of it
+    // was more than 300 ms late: 25 frames dropped, the other 1.5 s played.
+    assert_eq!(h.metrics.dropped_out_late.get(), 25);
+    assert_eq!(media_ms(&out), 1500);
     assert!(out.iter().all(|e| e["event"] != "media"
         || base64::engine::general_purpose::STANDARD
             .decode(e["media"]["payload"].as_str().unwrap())
