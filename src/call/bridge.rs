@@ -56,6 +56,10 @@ const HELD_AUDIO_BYTES: usize = 2 * 8000;
 const ROLLOVER_RETRY: Duration = Duration::from_secs(30);
 /// How long the model must have been silent for a rollover to be quiet.
 const QUIET_FOR_ROLLOVER: Duration = Duration::from_secs(1);
+/// Caller frames all late for this long: Twilio's timestamps jumped (a
+/// backlog is shed much faster, dropping being cheap), so the frames'
+/// timing becomes the new reference rather than every frame being dropped.
+const LATE_RESET: Duration = Duration::from_secs(2);
 /// What the bridge's pings carry: nothing is read back from the pong.
 const PING_PAYLOAD: &[u8] = b"callbridge";
 /// Where the ping timer rests while no ping is due (it is never polled then).
@@ -402,6 +406,10 @@ struct Bridge<TS, MS> {
     /// Caller audio lateness: the least (arrival − Twilio timestamp) seen,
     /// in ms from `started`, and when it was set.
     in_base: Option<(i128, Instant)>,
+    /// Since when every caller frame has been late.
+    in_late_since: Option<Instant>,
+    /// The latest Twilio timestamp seen.
+    in_last_ts: Option<u64>,
     bad_allowance: f64,
     bad_at: Instant,
     turns: u32,
@@ -482,6 +490,8 @@ where
             first_audio_sent: false,
             last_seq: None,
             in_base: None,
+            in_late_since: None,
+            in_last_ts: None,
             bad_allowance: BAD_FRAME_BURST,
             bad_at: now,
             turns: 0,
@@ -1348,26 +1358,40 @@ where
     ///
     /// The reference may creep later by 1 ms per second (0.1 %), so that a
     /// Twilio clock a little slower than ours cannot, over a long call, make
-    /// every frame look late; a backlog grows much faster than that.
+    /// every frame look late; a backlog grows much faster than that. And
+    /// after [`LATE_RESET`] of nothing but late frames the reference is
+    /// reset: timestamps that jump cost at most that much audio, never the
+    /// rest of the call. A timestamp that does not advance past the latest
+    /// one (stuck, repeated, stepped back, or behind one forged far ahead)
+    /// says nothing: that frame is relayed unchecked.
     fn caller_late(&mut self, received: Instant, timestamp_ms: Option<u64>) -> bool {
         let Some(ts) = timestamp_ms.filter(|_| !self.p.max_lag.is_zero()) else {
             return false;
         };
+        if self.in_last_ts.is_some_and(|last| ts <= last) {
+            return false;
+        }
+        self.in_last_ts = Some(ts);
         let since_ms = received.saturating_duration_since(self.started).as_millis();
         let offset = i128::try_from(since_ms).unwrap_or(i128::MAX) - i128::from(ts);
         let reference = self.in_base.map(|(base, at)| {
             let creep = received.saturating_duration_since(at).as_millis() / 1000;
             base.saturating_add(i128::try_from(creep).unwrap_or(i128::MAX))
         });
-        match reference {
-            Some(reference) if offset > reference => {
-                offset - reference > i128::from(self.p.max_lag.as_millis() as u64)
-            }
-            _ => {
-                self.in_base = Some((offset, received));
-                false
+        let late = reference.is_some_and(|reference| {
+            offset.saturating_sub(reference) > i128::from(self.p.max_lag.as_millis() as u64)
+        });
+        if late {
+            let since = *self.in_late_since.get_or_insert(received);
+            if received.saturating_duration_since(since) < LATE_RESET {
+                return true;
             }
         }
+        self.in_late_since = None;
+        if reference.is_none_or(|reference| offset < reference) || late {
+            self.in_base = Some((offset, received));
+        }
+        false
     }
 
     async fn on_model(&mut self, frame: &[u8]) -> Step {

@@ -1234,3 +1234,38 @@ async fn answer_audio_more_than_max_lag_late_is_dropped_not_played_late() {
             .len()
             == 160));
 }
+
+/// Timestamps that stop advancing say nothing (those frames are relayed);
+/// a clock that steps back makes frames look late, and after 2 s of nothing
+/// but late frames their timing is the new reference, so such a step costs
+/// at most 2 s of caller audio; one stamped far ahead is relayed and only
+/// blinds the check.
+#[tokio::test(start_paused = true)]
+async fn timestamp_jumps_cost_at_most_two_seconds_of_caller_audio() {
+    let mut h = start(AudioMode::Pcmu);
+    settle().await;
+    drain(&mut h.from_bridge_model);
+    let payload = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
+    let media = |seq: u64, ts: u64| {
+        text(
+            json!({"event":"media","sequenceNumber":seq.to_string(),"media":{"timestamp":ts.to_string(),"payload":payload}}),
+        )
+    };
+    let start = tokio::time::Instant::now();
+    let mut relayed = 0;
+    for i in 0..350u64 {
+        let ts = match i {
+            0..50 => 20 * i,     // on time
+            50..100 => 0,        // stuck
+            300 => u64::MAX / 2, // forged, far ahead
+            _ => 20 * i - 1000,  // Twilio's clock 1 s behind
+        };
+        tokio::time::sleep_until(start + Duration::from_millis(20 * i)).await;
+        h.to_bridge_twilio.send(media(i + 2, ts)).await.unwrap();
+        settle().await;
+        relayed += drain(&mut h.from_bridge_model).len() as u64;
+    }
+    // Frames 100 to 199 (2 s) dropped, then the new timing holds.
+    assert_eq!(h.metrics.dropped_in_late.get(), 100);
+    assert_eq!(relayed, 250);
+}
