@@ -379,6 +379,10 @@ pub struct Metrics {
     pub dropped_in_not_ready: Counter,
     /// Caller audio dropped because more arrived while reconnecting than is kept.
     pub dropped_in_reconnect: Counter,
+    /// Audio later than `audio.max_lag_ms`, dropped rather than delivered
+    /// late (counted in 20 ms frames).
+    pub dropped_in_late: Counter,
+    pub dropped_out_late: Counter,
     pub rejected: Rejects,
     pub bargeins: Counter,
     pub truncations_sent: Counter,
@@ -466,6 +470,12 @@ impl Metrics {
             .clone();
         let dropped_in_not_ready = dropped
             .get_or_create(&[("direction", "inbound"), ("reason", "session_not_ready")])
+            .clone();
+        let dropped_in_late = dropped
+            .get_or_create(&[("direction", "inbound"), ("reason", "late")])
+            .clone();
+        let dropped_out_late = dropped
+            .get_or_create(&[("direction", "outbound"), ("reason", "late")])
             .clone();
 
         let rejected_family = Family::<Labels2, Counter>::default();
@@ -617,6 +627,8 @@ impl Metrics {
             dropped_out_overflow,
             dropped_in_not_ready,
             dropped_in_reconnect,
+            dropped_in_late,
+            dropped_out_late,
             rejected,
             bargeins,
             truncations_sent,

@@ -1242,6 +1242,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         account_sid: start.account_sid.clone(),
         mode: assistant.profile.audio_mode,
         playout_lead: cfg.playout_lead(),
+        max_lag: Duration::from_millis(cfg.audio.max_lag_ms),
         greeting: agent.greeting.clone(),
         dtmf: agent.dtmf,
         dtmf_timeout: Duration::from_millis(agent.dtmf_timeout_ms),

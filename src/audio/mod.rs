@@ -204,10 +204,13 @@ impl OutboundTranscoder {
     }
 }
 
+/// Appends `samples` as PCM16 LE. Written into a pre-sized slice: pushing
+/// two bytes at a time checked the capacity for every sample.
 fn extend_le(bytes: &mut Vec<u8>, samples: &[i16]) {
-    bytes.reserve(samples.len() * 2);
-    for s in samples {
-        bytes.extend_from_slice(&s.to_le_bytes());
+    let start = bytes.len();
+    bytes.resize(start + samples.len() * 2, 0);
+    for (le, s) in bytes[start..].chunks_exact_mut(2).zip(samples) {
+        le.copy_from_slice(&s.to_le_bytes());
     }
 }
 

@@ -56,6 +56,10 @@ const HELD_AUDIO_BYTES: usize = 2 * 8000;
 const ROLLOVER_RETRY: Duration = Duration::from_secs(30);
 /// How long the model must have been silent for a rollover to be quiet.
 const QUIET_FOR_ROLLOVER: Duration = Duration::from_secs(1);
+/// Caller frames all late for this long: Twilio's timestamps jumped (a
+/// backlog is shed much faster, dropping being cheap), so the frames'
+/// timing becomes the new reference rather than every frame being dropped.
+const LATE_RESET: Duration = Duration::from_secs(2);
 /// What the bridge's pings carry: nothing is read back from the pong.
 const PING_PAYLOAD: &[u8] = b"callbridge";
 /// Where the ping timer rests while no ping is due (it is never polled then).
@@ -75,6 +79,9 @@ pub struct CallParams {
     pub account_sid: String,
     pub mode: AudioMode,
     pub playout_lead: Duration,
+    /// Audio later than this is dropped rather than delivered late, both
+    /// ways (`audio.max_lag_ms`); zero: never.
+    pub max_lag: Duration,
     /// An instruction for the model's first words; empty: wait for the caller.
     pub greeting: String,
     pub dtmf: DtmfMode,
@@ -126,6 +133,7 @@ impl CallParams {
             account_sid: String::new(),
             mode,
             playout_lead: Duration::from_millis(200),
+            max_lag: Duration::from_millis(300),
             greeting: String::new(),
             dtmf: DtmfMode::Model,
             dtmf_timeout: Duration::from_millis(1500),
@@ -428,6 +436,13 @@ struct Bridge<TS, MS> {
     started: Instant,
     first_audio_sent: bool,
     last_seq: Option<u64>,
+    /// Caller audio lateness: the least (arrival − Twilio timestamp) seen,
+    /// in ms from `started`, and when it was set.
+    in_base: Option<(i128, Instant)>,
+    /// Since when every caller frame has been late.
+    in_late_since: Option<Instant>,
+    /// The latest Twilio timestamp seen.
+    in_last_ts: Option<u64>,
     bad_allowance: f64,
     bad_at: Instant,
     turns: u32,
@@ -462,7 +477,7 @@ where
     ) -> Self {
         let now = Instant::now();
         let first_ping = now + p.ping_interval;
-        let mut playout = Playout::new(p.playout_lead);
+        let mut playout = Playout::new(p.playout_lead).with_max_lag(p.max_lag);
         playout.set_heard_offset(p.heard_offset);
         Bridge {
             inbound: InboundTranscoder::new(p.mode),
@@ -511,6 +526,9 @@ where
             started: now,
             first_audio_sent: false,
             last_seq: None,
+            in_base: None,
+            in_late_since: None,
+            in_last_ts: None,
             bad_allowance: BAD_FRAME_BURST,
             bad_at: now,
             turns: 0,
@@ -554,15 +572,27 @@ where
             }
         }
         let mut connecting: Option<Connecting<MS, MR>> = None;
-        // One timer for the whole call, moved rather than recreated.
+        // One timer of each kind for the whole call, moved rather than
+        // recreated: a new `Sleep` on every pass registers (and the old one
+        // deregisters) with the runtime's timer wheel for each frame.
         let ping_timer = tokio::time::sleep(TIMER_AT_REST);
         tokio::pin!(ping_timer);
+        let wake_timer = tokio::time::sleep(TIMER_AT_REST);
+        tokio::pin!(wake_timer);
+        let own_timer = tokio::time::sleep(TIMER_AT_REST);
+        tokio::pin!(own_timer);
         loop {
             let wake = self.playout.next_send_at(Instant::now());
             let timer = self.next_timer();
             let ping_at = self.ping_at();
-            if let Some(at) = ping_at.filter(|at| *at != ping_timer.deadline()) {
-                ping_timer.as_mut().reset(at);
+            for (at, sleep) in [
+                (ping_at, ping_timer.as_mut()),
+                (wake, wake_timer.as_mut()),
+                (timer, own_timer.as_mut()),
+            ] {
+                if let Some(at) = at.filter(|at| *at != sleep.deadline()) {
+                    sleep.reset(at);
+                }
             }
             let mut step = tokio::select! {
                 biased;
@@ -602,11 +632,11 @@ where
                     connecting = None;
                     self.connected(done, model_rx, reconnect, &mut connecting).await
                 }
-                _ = sleep_until_opt(wake) => self.pump().await,
+                () = &mut wake_timer, if wake.is_some() => self.pump().await,
                 Some(done) = self.running.next(), if !self.running.is_empty() => {
                     self.tool_finished(done).await
                 }
-                _ = sleep_until_opt(timer) => self.on_timer().await,
+                () = &mut own_timer, if timer.is_some() => self.on_timer().await,
                 () = &mut ping_timer, if ping_at.is_some() => self.on_ping_timer().await,
             };
             if step.is_ok() {
@@ -860,18 +890,6 @@ where
     async fn send_twilio(&mut self, msg: String) -> Step {
         let sent = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.send(WsOut::Text(msg))).await;
         self.twilio_result(sent)
-    }
-
-    /// Queues without flushing, so that a chunk and its mark (and several
-    /// chunks) go out in one write.
-    async fn feed_twilio(&mut self, msg: String) -> Step {
-        let fed = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.feed(WsOut::Text(msg))).await;
-        self.twilio_result(fed)
-    }
-
-    async fn flush_twilio(&mut self) -> Step {
-        let flushed = tokio::time::timeout(WRITE_TIMEOUT, self.twilio_tx.flush()).await;
-        self.twilio_result(flushed)
     }
 
     fn twilio_result<E>(&self, r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Step {
@@ -1353,6 +1371,12 @@ where
                 {
                     return self.bad_twilio(Reject::BadBase64);
                 }
+                if self.caller_late(received, media.timestamp_ms()) {
+                    self.m
+                        .dropped_in_late
+                        .inc_by(self.ulaw_in.len().div_ceil(TWILIO_FRAME_BYTES).max(1) as u64);
+                    return Ok(());
+                }
                 if self.model_tx.is_none() || (self.sessions > 1 && !self.driver.ready()) {
                     // The model is away or its new session not ready yet:
                     // keep the newest audio for it.
@@ -1395,6 +1419,50 @@ where
         Ok(())
     }
 
+    /// Whether caller audio stamped `timestamp_ms` by Twilio arrived more
+    /// than `max_lag` later than it should have: later, relative to Twilio's
+    /// clock, than the most punctual frame so far. Lateness means a backlog
+    /// on the way in (the bridge, or its writes to the model, fell behind);
+    /// late audio is dropped so that the model hears the caller as of now.
+    ///
+    /// The reference may creep later by 1 ms per second (0.1 %), so that a
+    /// Twilio clock a little slower than ours cannot, over a long call, make
+    /// every frame look late; a backlog grows much faster than that. And
+    /// after [`LATE_RESET`] of nothing but late frames the reference is
+    /// reset: timestamps that jump cost at most that much audio, never the
+    /// rest of the call. A timestamp that does not advance past the latest
+    /// one (stuck, repeated, stepped back, or behind one forged far ahead)
+    /// says nothing: that frame is relayed unchecked.
+    fn caller_late(&mut self, received: Instant, timestamp_ms: Option<u64>) -> bool {
+        let Some(ts) = timestamp_ms.filter(|_| !self.p.max_lag.is_zero()) else {
+            return false;
+        };
+        if self.in_last_ts.is_some_and(|last| ts <= last) {
+            return false;
+        }
+        self.in_last_ts = Some(ts);
+        let since_ms = received.saturating_duration_since(self.started).as_millis();
+        let offset = i128::try_from(since_ms).unwrap_or(i128::MAX) - i128::from(ts);
+        let reference = self.in_base.map(|(base, at)| {
+            let creep = received.saturating_duration_since(at).as_millis() / 1000;
+            base.saturating_add(i128::try_from(creep).unwrap_or(i128::MAX))
+        });
+        let late = reference.is_some_and(|reference| {
+            offset.saturating_sub(reference) > i128::from(self.p.max_lag.as_millis() as u64)
+        });
+        if late {
+            let since = *self.in_late_since.get_or_insert(received);
+            if received.saturating_duration_since(since) < LATE_RESET {
+                return true;
+            }
+        }
+        self.in_late_since = None;
+        if reference.is_none_or(|reference| offset < reference) || late {
+            self.in_base = Some((offset, received));
+        }
+        false
+    }
+
     async fn on_model(&mut self, frame: &[u8]) -> Step {
         let received = Instant::now();
         let event = match self.driver.on_frame(frame, &mut self.outbox) {
@@ -1417,7 +1485,7 @@ where
                 }
                 match self.outbound.transcode(&self.model_audio) {
                     Ok(ulaw) => {
-                        if !self.playout.push(&item, ulaw) {
+                        if !self.playout.push_at(&item, ulaw, received) {
                             self.m.dropped_out_overflow.inc();
                         }
                     }
@@ -1438,7 +1506,7 @@ where
             }
             ModelEvent::AudioDone { item } => {
                 let tail = self.outbound.flush();
-                if !self.playout.push(&item, tail) {
+                if !self.playout.push_at(&item, tail, received) {
                     self.m.dropped_out_overflow.inc();
                 }
                 self.pump().await?;
@@ -1541,39 +1609,32 @@ where
     /// Sends every chunk the lead allows now, each followed by its mark,
     /// in one flush.
     async fn pump(&mut self) -> Step {
-        let mut fed = false;
+        let mut frames = std::mem::take(&mut self.frames_pending);
         loop {
             let now = Instant::now();
-            let (mark, lead) = {
-                let Some(chunk) = self.playout.next_chunk(now) else {
-                    return if fed {
-                        self.flush_twilio().await
-                    } else {
-                        Ok(())
-                    };
-                };
-                // Cut into Twilio's own 20 ms frames; one mark per chunk.
-                for piece in chunk.payload.chunks(TWILIO_FRAME_BYTES) {
-                    self.b64.clear();
-                    B64.encode_string(piece, &mut self.b64);
-                    let mut media = String::with_capacity(self.b64.len() + 96);
-                    messages::write_media(&mut media, &self.p.context.stream_sid, &self.b64);
-                    self.frames_pending.push(media);
-                }
-                let mut mark = String::with_capacity(128);
-                messages::write_mark(&mut mark, &self.p.context.stream_sid, chunk.mark);
-                (mark, chunk.lead)
+            let late = self.playout.shed_late(now);
+            if late > 0 {
+                self.m
+                    .dropped_out_late
+                    .inc_by(late.div_ceil(TWILIO_FRAME_BYTES) as u64);
+            }
+            let Some(chunk) = self.playout.next_chunk(now) else {
+                break;
             };
-            let mut frames = std::mem::take(&mut self.frames_pending);
-            for media in frames.drain(..) {
-                self.feed_twilio(media).await?;
+            // Cut into Twilio's own 20 ms frames; one mark per chunk.
+            for piece in chunk.payload.chunks(TWILIO_FRAME_BYTES) {
+                self.b64.clear();
+                B64.encode_string(piece, &mut self.b64);
+                let mut media = String::with_capacity(self.b64.len() + 96);
+                messages::write_media(&mut media, &self.p.context.stream_sid, &self.b64);
+                frames.push(media);
                 self.frames_out += 1;
                 self.m.frames_out.inc();
             }
-            self.frames_pending = frames;
-            self.feed_twilio(mark).await?;
-            fed = true;
-            self.m.playout_lead.observe_duration(lead);
+            let mut mark = String::with_capacity(128);
+            messages::write_mark(&mut mark, &self.p.context.stream_sid, chunk.mark);
+            frames.push(mark);
+            self.m.playout_lead.observe_duration(chunk.lead);
             if let Some(stopped) = self.speech_stopped_at.take() {
                 self.m
                     .turn_latency
@@ -1586,6 +1647,24 @@ where
                     .observe_duration(now.duration_since(self.started));
             }
         }
+        if frames.is_empty() {
+            self.frames_pending = frames;
+            return Ok(());
+        }
+        // Every chunk due now and its mark: fed, then flushed as one write,
+        // under one write timeout (a timer per message cost more than the
+        // message's JSON).
+        let tx = &mut self.twilio_tx;
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            for msg in frames.drain(..) {
+                tx.feed(WsOut::Text(msg)).await?;
+            }
+            tx.flush().await
+        })
+        .await;
+        frames.clear();
+        self.frames_pending = frames;
+        self.twilio_result(written)
     }
 }
 
@@ -1601,13 +1680,6 @@ async fn next_or_pending<MR: Stream<Item = WsIn> + Unpin>(rx: &mut Option<MR>) -
 async fn poll_or_pending<T>(fut: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
     match fut.as_mut() {
         Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -39,13 +39,20 @@ fn start(mode: AudioMode) -> Harness {
 
 /// A call with the driver `config` selects, and `tools` answering its calls.
 fn start_with(config: &Config, tools: Arc<dyn ToolRunner>) -> Harness {
+    start_with_room(config, tools, 4096)
+}
+
+/// [`start_with`], the socket to Twilio holding `twilio_room` messages: a
+/// Twilio side that stops reading stalls the bridge once it is full.
+fn start_with_room(config: &Config, tools: Arc<dyn ToolRunner>, twilio_room: usize) -> Harness {
     let (tt_tx, tt_rx) = mpsc::channel(1024);
     let (tm_tx, tm_rx) = mpsc::channel(1024);
-    let (ft_tx, ft_rx) = mpsc::channel(4096);
+    let (ft_tx, ft_rx) = mpsc::channel(twilio_room);
     let (fm_tx, fm_rx) = mpsc::channel(4096);
     let metrics = Metrics::new();
     let params = CallParams {
         playout_lead: config.playout_lead(),
+        max_lag: Duration::from_millis(config.audio.max_lag_ms),
         greeting: config.agent.greeting.clone(),
         ..CallParams::new("CA1", SID, config.audio.mode)
     };
@@ -502,7 +509,7 @@ fn function_call(resp: &str, call_id: &str, name: &str) -> WsIn {
 fn media_frame(seq: u64) -> WsIn {
     let payload = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
     text(
-        json!({"event":"media","sequenceNumber":seq.to_string(),"streamSid":SID,"media":{"track":"inbound","chunk":"1","timestamp":"0","payload":payload}}),
+        json!({"event":"media","sequenceNumber":seq.to_string(),"streamSid":SID,"media":{"track":"inbound","chunk":"1","timestamp":(seq.saturating_sub(2) * 20).to_string(),"payload":payload}}),
     )
 }
 
@@ -1125,4 +1132,143 @@ async fn a_pong_from_twilio_is_ignored() {
     let summary = h.task.await.unwrap();
     assert_eq!(summary.outcome, Outcome::Completed);
     assert_eq!(summary.rejected, 0, "a pong is not a bad frame");
+}
+
+/// Caller audio that reaches the bridge more than `audio.max_lag_ms` later
+/// than Twilio's timestamps say (a backlog on the way in) is dropped and
+/// counted, not sent to the model; punctual audio, and audio without a
+/// timestamp, is relayed.
+#[tokio::test(start_paused = true)]
+async fn late_caller_audio_is_dropped_and_counted() {
+    let mut h = start(AudioMode::Pcmu);
+    settle().await;
+    drain(&mut h.from_bridge_model);
+    let payload = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
+    let media = |seq: u64, ts: Option<u64>| {
+        let mut m = json!({"event":"media","sequenceNumber":seq.to_string(),"streamSid":SID,"media":{"track":"inbound","chunk":"1","payload":payload}});
+        if let Some(ts) = ts {
+            m["media"]["timestamp"] = json!(ts.to_string());
+        }
+        text(m)
+    };
+    let start = tokio::time::Instant::now();
+    // Ten frames on time, 20 ms apart.
+    for i in 0..10u64 {
+        tokio::time::sleep_until(start + Duration::from_millis(20 * i)).await;
+        h.to_bridge_twilio
+            .send(media(i + 2, Some(20 * i)))
+            .await
+            .unwrap();
+    }
+    settle().await;
+    assert_eq!(drain(&mut h.from_bridge_model).len(), 10);
+    // Then a backlog: the next five frames arrive together, 500 ms late.
+    tokio::time::sleep_until(start + Duration::from_millis(700)).await;
+    for i in 10..15u64 {
+        h.to_bridge_twilio
+            .send(media(i + 2, Some(20 * i)))
+            .await
+            .unwrap();
+    }
+    // 300 ms late is within the bound (frame 15 stamped 300, due at 300 ms,
+    // arriving at 600 ms), as is one with no timestamp at all.
+    tokio::time::sleep_until(start + Duration::from_millis(600 + 700)).await;
+    h.to_bridge_twilio
+        .send(media(17, Some(1000)))
+        .await
+        .unwrap();
+    h.to_bridge_twilio.send(media(18, None)).await.unwrap();
+    settle().await;
+    assert_eq!(h.metrics.dropped_in_late.get(), 5);
+    assert_eq!(drain(&mut h.from_bridge_model).len(), 2);
+    h.to_bridge_twilio
+        .send(text(json!({"event":"stop","streamSid":SID})))
+        .await
+        .unwrap();
+    let summary = h.task.await.unwrap();
+    assert_eq!(summary.frames_in, 12);
+}
+
+/// Answer audio the bridge could not send in time (here its socket to
+/// Twilio stalls for a second) is dropped once it is more than
+/// `audio.max_lag_ms` behind, rather than played late: the caller hears
+/// the answer as of now, and the drop is counted.
+#[tokio::test(start_paused = true)]
+async fn answer_audio_more_than_max_lag_late_is_dropped_not_played_late() {
+    let mut config = Config::default();
+    config.audio.mode = AudioMode::Pcmu;
+    let mut h = start_with_room(&config, Arc::new(NoTools), 4);
+    settle().await;
+    h.to_bridge_model
+        .send(text(
+            json!({"type":"response.created","response":{"id":"r1"}}),
+        ))
+        .await
+        .unwrap();
+    let ulaw = base64::engine::general_purpose::STANDARD.encode(vec![0x7fu8; 8 * 2000]);
+    h.to_bridge_model
+        .send(text(json!({"type":"response.output_audio.delta","response_id":"r1","item_id":"i1","output_index":0,"content_index":0,"delta":ulaw})))
+        .await
+        .unwrap();
+    settle().await;
+    // Twilio reads nothing for a second: the bridge is stuck mid-chunk.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut out = Vec::new();
+    // Twilio reads again: the stalled write completes at 1 s.
+    for _ in 0..10 {
+        out.extend(drain(&mut h.from_bridge_twilio));
+        settle().await;
+    }
+    for _ in 0..400 {
+        out.extend(drain(&mut h.from_bridge_twilio));
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out.extend(drain(&mut h.from_bridge_twilio));
+    // The lead's 200 ms was taken (and is being written) when the socket
+    // filled up; the rest was due from 200 ms on, and at 1 s 500 ms of it
+    // was more than 300 ms late: 25 frames dropped, the other 1.5 s played.
+    assert_eq!(h.metrics.dropped_out_late.get(), 25);
+    assert_eq!(media_ms(&out), 1500);
+    assert!(out.iter().all(|e| e["event"] != "media"
+        || base64::engine::general_purpose::STANDARD
+            .decode(e["media"]["payload"].as_str().unwrap())
+            .unwrap()
+            .len()
+            == 160));
+}
+
+/// Timestamps that stop advancing say nothing (those frames are relayed);
+/// a clock that steps back makes frames look late, and after 2 s of nothing
+/// but late frames their timing is the new reference, so such a step costs
+/// at most 2 s of caller audio; one stamped far ahead is relayed and only
+/// blinds the check.
+#[tokio::test(start_paused = true)]
+async fn timestamp_jumps_cost_at_most_two_seconds_of_caller_audio() {
+    let mut h = start(AudioMode::Pcmu);
+    settle().await;
+    drain(&mut h.from_bridge_model);
+    let payload = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
+    let media = |seq: u64, ts: u64| {
+        text(
+            json!({"event":"media","sequenceNumber":seq.to_string(),"media":{"timestamp":ts.to_string(),"payload":payload}}),
+        )
+    };
+    let start = tokio::time::Instant::now();
+    let mut relayed = 0;
+    for i in 0..350u64 {
+        let ts = match i {
+            0..50 => 20 * i,     // on time
+            50..100 => 0,        // stuck
+            300 => u64::MAX / 2, // forged, far ahead
+            _ => 20 * i - 1000,  // Twilio's clock 1 s behind
+        };
+        tokio::time::sleep_until(start + Duration::from_millis(20 * i)).await;
+        h.to_bridge_twilio.send(media(i + 2, ts)).await.unwrap();
+        settle().await;
+        relayed += drain(&mut h.from_bridge_model).len() as u64;
+    }
+    // Frames 100 to 199 (2 s) dropped, then the new timing holds.
+    assert_eq!(h.metrics.dropped_in_late.get(), 100);
+    assert_eq!(relayed, 250);
 }

@@ -72,8 +72,9 @@ pub struct Playout {
     /// Unsent audio, contiguous from `read`.
     queue: Vec<u8>,
     read: usize,
-    /// Item boundaries inside the unsent audio: (item index in `items`, bytes).
-    segments: VecDeque<(usize, usize)>,
+    /// Item boundaries inside the unsent audio: (item index in `items`,
+    /// bytes, when its oldest audio was queued if known).
+    segments: VecDeque<(usize, usize, Option<Instant>)>,
     items: Vec<ItemLedger>,
     /// When everything sent so far will have finished playing at Twilio.
     play_end: Option<Instant>,
@@ -81,6 +82,9 @@ pub struct Playout {
     /// `audio.heard_offset_ms`: how far behind Twilio's playing the caller's
     /// ear is (network and handset buffering), subtracted at barge-in.
     heard_offset: Duration,
+    /// Audio later than this behind when it should have played is dropped
+    /// rather than sent late; zero: never.
+    max_lag: Duration,
 }
 
 impl Playout {
@@ -95,6 +99,7 @@ impl Playout {
             play_end: None,
             mark_buf: String::with_capacity(64),
             heard_offset: Duration::ZERO,
+            max_lag: Duration::ZERO,
         }
     }
 
@@ -105,13 +110,32 @@ impl Playout {
         self.heard_offset = offset;
     }
 
+    /// Lets [`Playout::shed_late`] drop queued audio that would reach Twilio
+    /// more than `max_lag` after it should have played; zero: never.
+    pub fn with_max_lag(mut self, max_lag: Duration) -> Self {
+        self.max_lag = max_lag;
+        self
+    }
+
     pub fn generation(&self) -> u32 {
         self.generation
     }
 
     /// Queues μ-law audio of `item_id`. Returns false (nothing queued) when
-    /// the queue is full.
+    /// the queue is full. Audio queued this way is never late.
     pub fn push(&mut self, item_id: &str, ulaw: &[u8]) -> bool {
+        self.push_inner(item_id, ulaw, None)
+    }
+
+    /// [`Playout::push`] of audio that arrived at `now`: it should start
+    /// playing then, or when what is before it has played, whichever is
+    /// later; if it is still here `max_lag` after that, the bridge fell
+    /// behind and the late part is dropped.
+    pub fn push_at(&mut self, item_id: &str, ulaw: &[u8], now: Instant) -> bool {
+        self.push_inner(item_id, ulaw, Some(now))
+    }
+
+    fn push_inner(&mut self, item_id: &str, ulaw: &[u8], now: Option<Instant>) -> bool {
         if ulaw.is_empty() {
             return true;
         }
@@ -133,8 +157,8 @@ impl Playout {
         };
         self.items[idx].received += ulaw.len();
         match self.segments.back_mut() {
-            Some((i, len)) if *i == idx => *len += ulaw.len(),
-            _ => self.segments.push_back((idx, ulaw.len())),
+            Some((i, len, _)) if *i == idx => *len += ulaw.len(),
+            _ => self.segments.push_back((idx, ulaw.len(), now)),
         }
         if self.read > 0 && self.read == self.queue.len() {
             self.queue.clear();
@@ -169,7 +193,7 @@ impl Playout {
 
     /// When the next chunk may go, if anything is waiting.
     pub fn next_send_at(&self, now: Instant) -> Option<Instant> {
-        let &(_, seg_len) = self.segments.front()?;
+        let &(_, seg_len, _) = self.segments.front()?;
         let (space, min_chunk) = self.room(now, seg_len);
         if space >= min_chunk {
             Some(now)
@@ -179,14 +203,23 @@ impl Playout {
     }
 
     /// Takes the next chunk if the lead allows one now: as much as fits
-    /// under the lead, at most 100 ms, never across an item boundary.
+    /// under the lead in whole 20 ms frames, at most 100 ms, never across an
+    /// item boundary. Only the last of what is queued of an item can end in
+    /// a part of a frame (Twilio plays any length).
     pub fn next_chunk(&mut self, now: Instant) -> Option<Chunk<'_>> {
-        let &(idx, seg_len) = self.segments.front()?;
+        let &(idx, seg_len, _) = self.segments.front()?;
         let (space, min_chunk) = self.room(now, seg_len);
         if space < min_chunk {
             return None;
         }
-        let take = seg_len.min(MAX_CHUNK_BYTES).min(space);
+        let mut take = seg_len.min(MAX_CHUNK_BYTES).min(space);
+        if take < seg_len && take > MIN_CHUNK_BYTES {
+            // Whole 20 ms frames: a wake-up a little late finds room for a
+            // frame and a sliver, and the sliver would go out as a media
+            // message of its own. It waits for the next frame instead. Only
+            // the end of what is queued (an item's last audio) is shorter.
+            take -= take % MIN_CHUNK_BYTES;
+        }
         if take == seg_len {
             self.segments.pop_front();
         } else if let Some(front) = self.segments.front_mut() {
@@ -213,6 +246,49 @@ impl Playout {
             mark: &self.mark_buf,
             lead: end - now,
         })
+    }
+
+    /// Drops the front of the queue where it is more than `max_lag` behind
+    /// when it should have played: the bridge could not keep up (its task
+    /// ran late), and late audio only delays everything after it. Whole
+    /// frames, within the front segment; a later call drops more if need be.
+    /// Returns the bytes dropped. Call before [`Playout::next_chunk`].
+    ///
+    /// The dropped audio counts as sent and played (the answer's position
+    /// moves on, as it would have in real time): by then everything sent
+    /// before it has played too, so the ledger is acknowledged up to it.
+    pub fn shed_late(&mut self, now: Instant) -> usize {
+        if self.max_lag.is_zero() {
+            return 0;
+        }
+        let Some(&(idx, seg_len, Some(queued_at))) = self.segments.front() else {
+            return 0;
+        };
+        let due = self.play_end.map_or(queued_at, |end| end.max(queued_at));
+        let Some(excess) = now
+            .saturating_duration_since(due)
+            .checked_sub(self.max_lag)
+            .filter(|e| !e.is_zero())
+        else {
+            return 0;
+        };
+        let late = (excess.as_micros() as usize).saturating_mul(BYTES_PER_MS) / 1000;
+        let dropped = late
+            .div_ceil(MIN_CHUNK_BYTES)
+            .saturating_mul(MIN_CHUNK_BYTES)
+            .min(seg_len);
+        if dropped == seg_len {
+            self.segments.pop_front();
+        } else if let Some(front) = self.segments.front_mut() {
+            front.1 -= dropped;
+            // What is left should have played right after what was dropped.
+            front.2 = Some(due + Self::bytes_to_duration(dropped));
+        }
+        self.read += dropped;
+        let item = &mut self.items[idx];
+        item.sent += dropped;
+        item.acked = item.sent;
+        dropped
     }
 
     /// Applies a mark Twilio echoed.
@@ -319,6 +395,71 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A late wake-up (here 0.3 ms late, room for 162 bytes) takes one whole
+    /// frame and leaves the rest for the next; the end of the queue goes out
+    /// as it is.
+    #[test]
+    fn chunks_are_whole_frames_but_for_the_end_of_the_queue() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        assert!(p.push("item_a", &[0x7f; 8 * 1000 + 5]));
+        let mut sizes = Vec::new();
+        while let Some(c) = p.next_chunk(t0) {
+            sizes.push(c.payload.len());
+        }
+        assert_eq!(sizes, vec![800, 800]);
+        let late = t0 + Duration::from_micros(20_300);
+        assert_eq!(p.next_chunk(late).map(|c| c.payload.len()), Some(160));
+        assert!(p.next_chunk(late).is_none());
+        // Much later: everything left, the 5-byte tail included, at most
+        // 100 ms a chunk, whole frames but for that tail.
+        let mut t = late;
+        let mut rest = Vec::new();
+        while p.queued_bytes() > 0 {
+            t += ms(500);
+            while let Some(c) = p.next_chunk(t) {
+                rest.push(c.payload.len());
+            }
+        }
+        // (The bridge cuts a chunk into 160-byte media messages: only the
+        // very last one, 5 bytes, is short.)
+        let (last, whole) = rest.split_last().unwrap();
+        assert!(whole.iter().all(|n| n % 160 == 0), "{rest:?}");
+        assert_eq!(last % 160, 5, "{rest:?}");
+        assert_eq!(rest.iter().sum::<usize>(), 8 * 1000 + 5 - 1760);
+    }
+
+    /// Audio still queued `max_lag` after it should have played (the bridge
+    /// stalled) is dropped in whole frames, as if it had played, and the
+    /// rest goes on from there; audio on time, or queued without a time, is
+    /// never dropped.
+    #[test]
+    fn late_audio_is_shed_in_whole_frames_and_the_answer_moves_on() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200)).with_max_lag(ms(300));
+        assert!(p.push_at("item_a", &[0x7f; 8 * 1000], t0));
+        assert_eq!(p.shed_late(t0), 0);
+        while p.next_chunk(t0).is_some() {}
+        // 200 ms sent. On time at t0 + 480 ms (due at 200, 280 behind).
+        assert_eq!(p.shed_late(t0 + ms(480)), 0);
+        // Stalled until t0 + 1 s: the next audio was due at 200 ms, 800 ms
+        // ago; 500 ms of it is more than 300 ms late: 25 frames dropped.
+        let t1 = t0 + ms(1000);
+        assert_eq!(p.shed_late(t1), 8 * 500);
+        assert_eq!(p.shed_late(t1), 0, "what is left is within the bound");
+        assert_eq!(p.queued_bytes(), 8 * 300);
+        let c = p.next_chunk(t1).unwrap();
+        assert_eq!(c.payload.len(), 800);
+        assert_eq!(c.mark, "0:800:item_a");
+        // Without a bound, or for audio queued without a time: nothing.
+        let mut q = Playout::new(ms(200));
+        assert!(q.push_at("i", &[0; 8 * 1000], t0));
+        assert_eq!(q.shed_late(t0 + ms(5000)), 0);
+        let mut r = Playout::new(ms(200)).with_max_lag(ms(300));
+        assert!(r.push("i", &[0; 8 * 1000]));
+        assert_eq!(r.shed_late(t0 + ms(5000)), 0);
+    }
+
     #[test]
     fn paces_to_the_lead_and_no_further() {
         let t0 = Instant::now();
@@ -357,10 +498,10 @@ mod tests {
         let t = t0 + ms(50);
         assert_eq!(p.next_send_at(t), Some(t));
         let c = p.next_chunk(t).unwrap();
-        // Exactly what fits under the lead.
-        assert_eq!(c.payload.len(), 8 * 50);
-        assert_eq!(c.lead, ms(200));
-        assert_eq!(p.next_send_at(t), Some(t + ms(20)));
+        // What fits under the lead, in whole 20 ms frames: 40 of the 50 ms.
+        assert_eq!(c.payload.len(), 8 * 40);
+        assert_eq!(c.lead, ms(190));
+        assert_eq!(p.next_send_at(t), Some(t + ms(10)));
     }
 
     #[test]

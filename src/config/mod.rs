@@ -224,6 +224,12 @@ pub struct AudioConfig {
     /// Measure it on your own calls; 0 trusts Twilio's marks as they are.
     #[serde(default)]
     pub heard_offset_ms: u64,
+    /// Audio more than this late, in ms, is dropped (and counted) rather
+    /// than delivered late, both ways: caller frames that reach the bridge
+    /// later than Twilio's timestamps say they should, and answer audio that
+    /// waited in the bridge past the moment it should have played. What the
+    /// bridge does when it cannot keep up, instead of queueing. 0: never.
+    pub max_lag_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,6 +335,7 @@ impl Default for Config {
                 mode: AudioMode::Pcm16,
                 playout_lead_ms: None,
                 heard_offset_ms: 0,
+                max_lag_ms: 300,
             },
             twilio: TwilioConfig {
                 validate_signatures: true,
@@ -453,6 +460,15 @@ impl Config {
                     format!("must be between 20 and 2000 (got {lead})"),
                 ));
             }
+        }
+        if self.audio.max_lag_ms != 0 && !(60..=10_000).contains(&self.audio.max_lag_ms) {
+            return Err(ConfigError::key(
+                "audio.max_lag_ms",
+                format!(
+                    "must be 0 (off) or between 60 and 10000 (got {})",
+                    self.audio.max_lag_ms
+                ),
+            ));
         }
         self.twilio_api_base_url()?;
         if self.twilio.stream_token_ttl == 0 {
@@ -1135,6 +1151,7 @@ mod tests {
         assert_eq!(c.audio.mode, AudioMode::Pcmu);
         // Untouched keys keep their defaults.
         assert_eq!(c.audio.playout_lead_ms, None);
+        assert_eq!(c.audio.max_lag_ms, 300);
 
         let c = Config::load(
             Some(f.path()),
@@ -1240,6 +1257,8 @@ mod tests {
                 "5",
                 "audio.playout_lead_ms",
             ),
+            ("CALLBRIDGE_AUDIO__MAX_LAG_MS", "20", "audio.max_lag_ms"),
+            ("CALLBRIDGE_AUDIO__MAX_LAG_MS", "60000", "audio.max_lag_ms"),
             (
                 "CALLBRIDGE_AGENT__TURN_DETECTION__THRESHOLD",
                 "1.5",
