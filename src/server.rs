@@ -1341,6 +1341,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
     m.call_ended(summary.outcome);
     m.call_duration.observe_duration(duration);
     m.usage.call_cost.observe(cost_usd);
+    m.usage.count_call(profile_name, &summary.usage, cost_usd);
     log_call_ended(
         summary.outcome,
         duration,

@@ -310,7 +310,24 @@ async fn a_signed_call_record_reaches_the_receiver_with_usage_and_cost() {
     assert_eq!(bridge.metrics.usage.tokens("input_text"), 30);
     assert_eq!(bridge.metrics.usage.call_cost.count(), 1);
     assert!((bridge.metrics.usage.call_cost.sum() - cost).abs() < 1e-6);
+    // And for the call's profile.
+    let profile = record["profile"].as_str().unwrap();
+    assert_eq!(
+        bridge.metrics.usage.profile_tokens(profile, "input_text"),
+        30
+    );
+    assert_eq!(
+        bridge.metrics.usage.profile_tokens(profile, "output_text"),
+        12
+    );
+    assert!((bridge.metrics.usage.profile_cost(profile) - cost).abs() < 1e-9);
     let text = bridge.metrics.encode();
+    assert!(
+        text.contains(&format!(
+            "callbridge_profile_tokens_total{{profile=\"{profile}\",kind=\"input_text\"}} 30"
+        )),
+        "{text}"
+    );
     assert!(
         text.contains("callbridge_summaries_total{outcome=\"delivered\"} 1"),
         "{text}"
