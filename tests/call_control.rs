@@ -9,8 +9,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use callbridge::config::{Config, ProfileConfig};
@@ -20,40 +18,11 @@ use serde_json::Value;
 use support::fake_realtime::{FakeRealtime, Script};
 use support::fake_twilio::{self, run_caller, CallerScript, ACCOUNT_SID};
 use support::fake_twilio_rest::FakeTwilioRest;
+use support::logs::captured_logs;
 use support::{fixture, save_client_events, wait_until, Bridge, AUTH_TOKEN};
 
 fn call_sid(n: u32) -> String {
     format!("CA{:032x}", 0xcc_0000 + n)
-}
-
-/// Everything the process logs, at every level, for the tests that check
-/// what never reaches the logs.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 async fn bridge_with_rest(

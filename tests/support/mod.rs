@@ -8,6 +8,7 @@ pub mod fake_tools;
 pub mod fake_twilio;
 pub mod fake_twilio_rest;
 pub mod fault_proxy;
+pub mod logs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
