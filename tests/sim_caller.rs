@@ -274,6 +274,28 @@ async fn small_loadtest_pcmu() {
     small_loadtest(AudioMode::Pcmu).await;
 }
 
+/// Past `max_calls` the bridge turns calls away busy and the report says
+/// how many: the admitted calls still relay every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_beyond_max_calls_counts_busy_refusals() {
+    let peer = echo_peer(EchoMode::Loopback).await;
+    let bridge = Bridge::start(&peer, |c| c.max_calls = 2).await;
+    let mut opts = LoadOptions::new(bridge_url(&bridge), 4, Duration::from_secs(2));
+    // The first two calls are streaming before the others ring.
+    opts.ramp = Duration::from_secs(2);
+    opts.auth_token = Some(AUTH_TOKEN.into());
+    opts.bridge_pid = None;
+    let report = sim::loadtest::run(opts).await.unwrap();
+    assert_eq!(report.calls_connected, 2, "{report}");
+    assert_eq!(report.calls_busy, 2, "{report}");
+    assert_eq!(report.calls_failed, 2, "{report}");
+    assert_eq!(report.frames_sent, 2 * 100, "{report}");
+    assert_eq!(report.frames_lost, 0, "{report}");
+    assert!(report.to_string().contains("of which 2 busy"), "{report}");
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["calls_busy"], 2);
+}
+
 /// Every call failing (nothing listening) is reported, not hung on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_against_nothing_fails_every_call() {

@@ -149,7 +149,11 @@ pub struct LoadReport {
     /// Calls whose stream opened.
     pub calls_connected: u32,
     /// Calls that could not be set up, or that the bridge ended early.
+    /// Busy refusals are counted here and in `calls_busy`.
     pub calls_failed: u32,
+    /// Calls the bridge turned away busy (`<Reject reason="busy">` or 503):
+    /// what a bridge at `max_calls` must do with the calls beyond it.
+    pub calls_busy: u32,
     pub duration_s: f64,
     pub ramp_s: f64,
     /// The whole run, ramp and grace included.
@@ -189,10 +193,11 @@ impl std::fmt::Display for LoadReport {
         let l = &self.latency_ms;
         writeln!(
             f,
-            "calls      {} ({} connected, {} failed), {:.0} s each, ramp {:.1} s, wall {:.1} s",
+            "calls      {} ({} connected, {} failed of which {} busy), {:.0} s each, ramp {:.1} s, wall {:.1} s",
             self.calls,
             self.calls_connected,
             self.calls_failed,
+            self.calls_busy,
             self.duration_s,
             self.ramp_s,
             self.wall_s
@@ -253,6 +258,7 @@ impl std::fmt::Display for LoadReport {
 struct CallStats {
     connected: bool,
     failed: bool,
+    busy: bool,
     frames_sent: u64,
     frames_received: u64,
     frames_late: u64,
@@ -358,6 +364,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport, SimError> {
     for stats in &all {
         report.calls_connected += u32::from(stats.connected);
         report.calls_failed += u32::from(stats.failed);
+        report.calls_busy += u32::from(stats.busy);
         report.frames_sent += stats.frames_sent;
         report.frames_received += stats.frames_received;
         report.frames_late += stats.frames_late;
@@ -469,6 +476,7 @@ async fn one_call(shared: Arc<Shared>, start_at: Instant) -> CallStats {
         Ok(o) => o,
         Err(e) => {
             stats.failed = true;
+            stats.busy = matches!(e, SimError::Busy(_));
             stats.errors.push(e.to_string());
             return stats;
         }
@@ -600,6 +608,9 @@ impl LeanCall<'_> {
                 msg = rx.next() => match msg {
                     Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
                     Some(Ok(Message::Close(frame))) => {
+                        // 1013 "try again later": admitted at /voice, refused
+                        // at `start` because the bridge filled up meanwhile.
+                        self.stats.busy = frame.as_ref().is_some_and(|f| u16::from(f.code) == 1013);
                         let code = frame.map_or_else(|| "none".to_owned(), |f| u16::from(f.code).to_string());
                         self.error(format!("the bridge closed the stream early (code {code})"));
                         ended_early = true;

@@ -304,8 +304,12 @@ pub struct LogConfig {
 /// Where Twilio's REST API lives when `twilio.api_base_url` is not set.
 pub const DEFAULT_TWILIO_API_BASE_URL: &str = "https://api.twilio.com";
 
-/// Admission default: what the load test showed one core holds with headroom.
-const CALLS_PER_CORE: usize = 250;
+/// Admission default, from the measured capacity: 400 calls held on 2 cores
+/// (relay p99 ≤ 5 ms, no lost frame, both audio modes; README,
+/// "Performance") with the load generator and the model peer on the same
+/// cores. Alone, the bridge would carry more; the margin is kept for TLS,
+/// which the loopback measurement does not include. 500 calls did not hold.
+const CALLS_PER_CORE: usize = 200;
 
 impl Default for Config {
     fn default() -> Self {
