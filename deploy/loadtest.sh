@@ -15,6 +15,8 @@
 #                       call admitted); "default" = the bridge's own default
 #                       (the overload run: offer 1.5x of it and see the rest
 #                       refused busy); or a number
+#   CALLBRIDGE_AUDIO__APPEND_MS=20  the bridge's audio.append_ms (any other
+#                       CALLBRIDGE_* variable reaches the bridge as well)
 # Loopback only; every run is bounded in time and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +36,8 @@ clk_tck=$(getconf CLK_TCK)
 # /proc/PID/stat; the command name in field 2 has no spaces here).
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
-printf '| mode | calls offered | admitted | busy | p50 ms | p90 ms | p99 ms | max ms | frames sent | lost | late (>100 ms) | bridge CPU ms per call-s | of which kernel | peer ms per call-s | loadgen ms per call-s | bridge RSS MiB | RSS KiB per call |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| mode | append ms | calls offered | admitted | busy | p50 ms | p90 ms | p99 ms | max ms | frames sent | lost | late (>100 ms) | bridge CPU ms per call-s | of which kernel | peer ms per call-s | loadgen ms per call-s | bridge RSS MiB | RSS KiB per call |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for mode in ${MODES:-pcm16 pcmu}; do
   for calls in "${counts[@]}"; do
     for _ in $(seq "${RUNS:-1}"); do
@@ -67,13 +69,13 @@ for mode in ${MODES:-pcm16 pcmu}; do
       kill $bridge $peer 2>/dev/null || true
       wait $bridge $peer 2>/dev/null || true
       python3 - "$mode" "$calls" "$idle_rss" "$clk_tck" "$bridge_before" "$bridge_after" \
-        "$peer_before" "$peer_after" "$json" <<'PY'
+        "$peer_before" "$peer_after" "$json" "${CALLBRIDGE_AUDIO__APPEND_MS:-20}" <<'PY'
 import json, sys
-mode, calls, idle_rss, clk_tck, b0, b1, p0, p1, raw = sys.argv[1:10]
+mode, calls, idle_rss, clk_tck, b0, b1, p0, p1, raw, append = sys.argv[1:11]
 try:
     r = json.loads(raw)
 except ValueError:
-    print(f"| {mode} | {calls} | run failed | | | | | | | | | | | | | | |")
+    print(f"| {mode} | {append} | {calls} | run failed | | | | | | | | | | | | | | |")
     sys.exit(0)
 hz = float(clk_tck)
 def used(before, after):
@@ -91,7 +93,7 @@ rss = r.get("bridge_rss_kib")
 admitted = r["calls_connected"]
 rss_per_call = (rss - int(idle_rss)) / admitted if rss and admitted else None
 share = "-" if bu + bk == 0 else f"{100 * bk / (bu + bk):.0f} %"
-print(f"| {mode} | {calls} | {admitted} | {r.get('calls_busy', 0)} | {ms('p50', '{:.2f}')} | {ms('p90', '{:.2f}')} | "
+print(f"| {mode} | {append} | {calls} | {admitted} | {r.get('calls_busy', 0)} | {ms('p50', '{:.2f}')} | {ms('p90', '{:.2f}')} | "
       f"{ms('p99', '{:.2f}')} | {ms('max', '{:.1f}')} | {r['frames_sent']:,} | {r['frames_lost']:,} | "
       f"{r.get('frames_late', 0):,} | {per(bu + bk)} | {share} | {per(pu + pk)} | {per(r.get('loadgen_cpu_s') or 0)} | "
       f"{'-' if rss is None else f'{rss / 1024:.0f}'} | {'-' if rss_per_call is None else f'{rss_per_call:.0f}'} |")

@@ -1257,6 +1257,7 @@ async fn handle_call(shared: Arc<Shared>, pending: OwnedSemaphorePermit, socket:
         reconnect_filler: shared.reconnect_filler.clone(),
         log_content: cfg.log.transcripts,
         heard_offset: Duration::from_millis(cfg.audio.heard_offset_ms),
+        append_every: Duration::from_millis(cfg.audio.append_ms),
         stream_started: start_accepted,
     };
     // Opens a new socket to the same endpoint: a reconnect or a session

@@ -114,6 +114,9 @@ pub struct CallParams {
     /// `audio.heard_offset_ms`: subtracted from what the caller is believed
     /// to have heard when they talk over an answer.
     pub heard_offset: Duration,
+    /// `audio.append_ms`: caller audio is sent to the model in appends of
+    /// this much (20 ms: every Twilio frame as it comes).
+    pub append_every: Duration,
     /// When the stream's `start` was accepted: the model-ready time
     /// (`callbridge_model_ready_seconds`) counts from here, so it includes
     /// opening the model's socket when that happens after `start`.
@@ -148,6 +151,7 @@ impl CallParams {
             reconnect_filler: None,
             log_content: false,
             heard_offset: Duration::ZERO,
+            append_every: Duration::from_millis(20),
             stream_started: Instant::now(),
         }
     }
@@ -428,6 +432,10 @@ struct Bridge<TS, MS> {
     playout: Playout,
     /// Reused scratch buffers.
     ulaw_in: Vec<u8>,
+    /// Caller audio (μ-law) gathered for the next append when
+    /// `append_every` is longer than a frame, and how much makes one.
+    pending_in: Vec<u8>,
+    append_bytes: usize,
     model_audio: Vec<u8>,
     b64: String,
     /// Media messages of the chunk being sent (the Vec is reused).
@@ -479,6 +487,11 @@ where
         let first_ping = now + p.ping_interval;
         let mut playout = Playout::new(p.playout_lead).with_max_lag(p.max_lag);
         playout.set_heard_offset(p.heard_offset);
+        // 8 μ-law bytes per ms; never less than one frame.
+        let append_bytes = usize::try_from(p.append_every.as_millis())
+            .unwrap_or(usize::MAX)
+            .saturating_mul(8)
+            .max(TWILIO_FRAME_BYTES);
         Bridge {
             inbound: InboundTranscoder::new(p.mode),
             outbound: OutboundTranscoder::new(p.mode),
@@ -519,6 +532,12 @@ where
             preopened: false,
             ready_observed: false,
             ulaw_in: Vec::with_capacity(512),
+            pending_in: Vec::with_capacity(if append_bytes > TWILIO_FRAME_BYTES {
+                append_bytes + TWILIO_FRAME_BYTES
+            } else {
+                0
+            }),
+            append_bytes,
             model_audio: Vec::with_capacity(16 << 10),
             b64: String::with_capacity(2048),
             frames_pending: Vec::with_capacity(8),
@@ -1379,8 +1398,11 @@ where
                 }
                 if self.model_tx.is_none() || (self.sessions > 1 && !self.driver.ready()) {
                     // The model is away or its new session not ready yet:
-                    // keep the newest audio for it.
-                    let dropped = self.held.push(&self.ulaw_in);
+                    // keep the newest audio for it, what was gathered for
+                    // the next append first.
+                    let mut dropped = self.held.push(&self.pending_in);
+                    self.pending_in.clear();
+                    dropped += self.held.push(&self.ulaw_in);
                     if dropped > 0 {
                         self.m
                             .dropped_in_reconnect
@@ -1394,12 +1416,24 @@ where
                     self.m.dropped_in_not_ready.inc();
                     return Ok(());
                 }
-                let audio = self.inbound.transcode(&self.ulaw_in);
+                let block = if self.append_bytes > TWILIO_FRAME_BYTES {
+                    // `audio.append_ms`: gather frames into one append.
+                    self.pending_in.extend_from_slice(&self.ulaw_in);
+                    if self.pending_in.len() < self.append_bytes {
+                        return Ok(());
+                    }
+                    &self.pending_in
+                } else {
+                    &self.ulaw_in
+                };
+                let frames = (block.len() / TWILIO_FRAME_BYTES).max(1) as u64;
+                let audio = self.inbound.transcode(block);
                 let mut msg = String::new();
                 self.driver.append_audio(audio, &mut msg);
+                self.pending_in.clear();
                 self.send_model(msg).await?;
-                self.frames_in += 1;
-                self.m.frames_in.inc();
+                self.frames_in += frames;
+                self.m.frames_in.inc_by(frames);
                 self.m.relay_in.observe_duration(received.elapsed());
             }
             Inbound::Mark { mark, .. } => {

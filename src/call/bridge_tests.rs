@@ -53,6 +53,7 @@ fn start_with_room(config: &Config, tools: Arc<dyn ToolRunner>, twilio_room: usi
     let params = CallParams {
         playout_lead: config.playout_lead(),
         max_lag: Duration::from_millis(config.audio.max_lag_ms),
+        append_every: Duration::from_millis(config.audio.append_ms),
         greeting: config.agent.greeting.clone(),
         ..CallParams::new("CA1", SID, config.audio.mode)
     };
@@ -184,6 +185,80 @@ async fn session_update_goes_first_and_caller_audio_is_relayed_per_frame() {
     assert_eq!(summary.frames_in, 5);
     // Both sockets are closed at the end.
     assert!(drain(&mut h.from_bridge_model).contains(&json!({"close": 1000})));
+}
+
+/// `audio.append_ms`: frames are gathered into appends of that length,
+/// transcoded as one stream (the same audio as frame by frame); a partial
+/// append still gathering when the call ends is not sent.
+#[tokio::test(start_paused = true)]
+async fn caller_frames_are_gathered_into_appends_of_append_ms() {
+    let mut config = Config::default();
+    config.audio.mode = AudioMode::Pcm16;
+    config.audio.append_ms = 100;
+    let mut h = start_with(&config, Arc::new(NoTools));
+    settle().await;
+    assert_eq!(
+        json_of(h.from_bridge_model.recv().await.unwrap())["type"],
+        "session.update"
+    );
+    // Twelve different frames of arbitrary μ-law codes (not silence).
+    let frames: Vec<Vec<u8>> = (0..12u8)
+        .map(|f| {
+            (0..160u8)
+                .map(|i| i.wrapping_mul(7).wrapping_add(f * 13))
+                .collect()
+        })
+        .collect();
+    let send = |seq: u64, frame: &[u8]| {
+        let payload = base64::engine::general_purpose::STANDARD.encode(frame);
+        text(
+            json!({"event":"media","sequenceNumber":seq.to_string(),"streamSid":SID,
+            "media":{"track":"inbound","chunk":"1","timestamp":((seq - 2) * 20).to_string(),"payload":payload}}),
+        )
+    };
+    for (i, frame) in frames[..4].iter().enumerate() {
+        h.to_bridge_twilio
+            .send(send(i as u64 + 2, frame))
+            .await
+            .unwrap();
+    }
+    settle().await;
+    assert!(drain(&mut h.from_bridge_model).is_empty(), "80 ms: not yet");
+    for (i, frame) in frames.iter().enumerate().skip(4) {
+        h.to_bridge_twilio
+            .send(send(i as u64 + 2, frame))
+            .await
+            .unwrap();
+    }
+    settle().await;
+    let sent = drain(&mut h.from_bridge_model);
+    assert_eq!(sent.len(), 2, "12 frames: two appends of 100 ms");
+    let mut gathered = Vec::new();
+    for e in &sent {
+        assert_eq!(e["type"], "input_audio_buffer.append");
+        let audio = base64::engine::general_purpose::STANDARD
+            .decode(e["audio"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(audio.len(), 100 * 48, "100 ms of 24 kHz PCM16");
+        gathered.extend(audio);
+    }
+    // The same bytes as ten frames transcoded one by one.
+    let mut one_by_one = crate::audio::InboundTranscoder::new(AudioMode::Pcm16);
+    let mut expected = Vec::new();
+    for frame in &frames[..10] {
+        expected.extend_from_slice(one_by_one.transcode(frame));
+    }
+    assert_eq!(gathered, expected);
+    h.to_bridge_twilio
+        .send(text(json!({"event":"stop","streamSid":SID})))
+        .await
+        .unwrap();
+    let summary = h.task.await.unwrap();
+    assert_eq!(
+        summary.frames_in, 10,
+        "the two frames still gathering are not relayed"
+    );
+    assert_eq!(h.metrics.frames_in.get(), 10);
 }
 
 #[tokio::test(start_paused = true)]
@@ -874,6 +949,47 @@ async fn a_lost_model_socket_is_reconnected_and_the_conversation_replayed() {
     assert!(!drain(&mut r.h.from_bridge_twilio)
         .iter()
         .any(|e| e.get("close").is_some()));
+}
+
+/// Audio gathered for the next append when the model drops is held with
+/// the rest and reaches the new session first.
+#[tokio::test(start_paused = true)]
+async fn audio_gathered_for_an_append_survives_a_reconnect() {
+    let mut r = start_reconnecting(|p| p.append_every = Duration::from_millis(100));
+    settle().await;
+    for seq in 2..5 {
+        r.h.to_bridge_twilio.send(media_frame(seq)).await.unwrap();
+    }
+    settle().await;
+    assert_eq!(
+        types_of(&drain(&mut r.h.from_bridge_model)),
+        ["session.update"]
+    );
+    drop(std::mem::replace(
+        &mut r.h.to_bridge_model,
+        mpsc::channel(1).0,
+    ));
+    settle().await;
+    for seq in 5..7 {
+        r.h.to_bridge_twilio.send(media_frame(seq)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    settle().await;
+    let (_to_new, mut from_new) = r.sessions.try_recv().expect("reconnected");
+    let sent = drain(&mut from_new);
+    assert_eq!(types_of(&sent)[0], "session.update");
+    let held: usize = sent[1..]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "input_audio_buffer.append");
+            base64::engine::general_purpose::STANDARD
+                .decode(e["audio"].as_str().unwrap())
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(held, 5 * 160, "3 gathered + 2 while away, all μ-law");
+    assert_eq!(r.h.metrics.dropped_in_reconnect.get(), 0);
 }
 
 /// Every attempt fails: the call ends cleanly once the budget is spent.

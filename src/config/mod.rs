@@ -230,6 +230,18 @@ pub struct AudioConfig {
     /// waited in the bridge past the moment it should have played. What the
     /// bridge does when it cannot keep up, instead of queueing. 0: never.
     pub max_lag_ms: u64,
+    /// Caller audio goes to the model in appends of this many ms (a
+    /// multiple of 20, up to 200): 20 sends each Twilio frame as it comes.
+    /// Larger appends cost the bridge, the kernel and the model fewer
+    /// messages, and delay what the model hears (its turn detection
+    /// included) by up to `append_ms − 20`: a cost–latency trade for
+    /// operators at scale; the default serves callers.
+    #[serde(default = "default_append_ms")]
+    pub append_ms: u64,
+}
+
+fn default_append_ms() -> u64 {
+    20
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -340,6 +352,7 @@ impl Default for Config {
                 playout_lead_ms: None,
                 heard_offset_ms: 0,
                 max_lag_ms: 300,
+                append_ms: default_append_ms(),
             },
             twilio: TwilioConfig {
                 validate_signatures: true,
@@ -472,6 +485,13 @@ impl Config {
                     "must be 0 (off) or between 60 and 10000 (got {})",
                     self.audio.max_lag_ms
                 ),
+            ));
+        }
+        let append = self.audio.append_ms;
+        if !(20..=200).contains(&append) || append % 20 != 0 {
+            return Err(ConfigError::key(
+                "audio.append_ms",
+                format!("must be a multiple of 20 between 20 and 200 (got {append})"),
             ));
         }
         self.twilio_api_base_url()?;
@@ -1263,6 +1283,9 @@ mod tests {
             ),
             ("CALLBRIDGE_AUDIO__MAX_LAG_MS", "20", "audio.max_lag_ms"),
             ("CALLBRIDGE_AUDIO__MAX_LAG_MS", "60000", "audio.max_lag_ms"),
+            ("CALLBRIDGE_AUDIO__APPEND_MS", "10", "audio.append_ms"),
+            ("CALLBRIDGE_AUDIO__APPEND_MS", "50", "audio.append_ms"),
+            ("CALLBRIDGE_AUDIO__APPEND_MS", "220", "audio.append_ms"),
             (
                 "CALLBRIDGE_AGENT__TURN_DETECTION__THRESHOLD",
                 "1.5",
