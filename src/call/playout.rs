@@ -160,8 +160,15 @@ impl Playout {
             Some((i, len, _)) if *i == idx => *len += ulaw.len(),
             _ => self.segments.push_back((idx, ulaw.len(), now)),
         }
-        if self.read > 0 && self.read == self.queue.len() {
-            self.queue.clear();
+        if self.read > 0 && self.read >= self.queue.len() - self.read {
+            // Reclaim what was sent once it outweighs what is still queued.
+            // Waiting for the queue to empty is not enough: audio that keeps
+            // arriving while older audio waits (a bridge running behind, an
+            // answer streamed as it is played) never empties it, and the
+            // sent prefix grew by the call's whole answer audio, without
+            // bound. Moving the unsent tail costs at most what was sent
+            // since the last move, so each byte is moved once on average.
+            self.queue.drain(..self.read);
             self.read = 0;
         }
         self.queue.extend_from_slice(ulaw);
@@ -458,6 +465,34 @@ mod tests {
         let mut r = Playout::new(ms(200)).with_max_lag(ms(300));
         assert!(r.push("i", &[0; 8 * 1000]));
         assert_eq!(r.shed_late(t0 + ms(5000)), 0);
+    }
+
+    /// Audio that keeps coming while older audio still waits never empties
+    /// the queue; what was sent must still be let go of. (The first version
+    /// kept every byte of such a stream: 8 KB per call-second, which an
+    /// overloaded load test showed as 200 MB at 1,000 calls.)
+    #[test]
+    fn a_queue_that_never_empties_stays_bounded() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(ms(200));
+        // Half a second ahead of what can go out, then one 20 ms frame in
+        // and one out every 20 ms, for 10 minutes.
+        assert!(p.push_at("i", &[0x7f; 8 * 500], t0));
+        let mut sent = 0;
+        for n in 0..30_000u32 {
+            let now = t0 + ms(20) * n;
+            assert!(p.push_at("i", &[0x7f; 160], now));
+            while let Some(c) = p.next_chunk(now) {
+                sent += c.payload.len();
+            }
+            assert!(p.queued_bytes() >= 160, "never empties");
+        }
+        assert!(sent > 30_000 * 150, "audio kept flowing: {sent}");
+        assert!(
+            p.queue.capacity() <= 16 * 1024,
+            "sent audio is let go of: capacity {}",
+            p.queue.capacity()
+        );
     }
 
     #[test]
