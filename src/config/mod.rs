@@ -316,12 +316,13 @@ pub struct LogConfig {
 /// Where Twilio's REST API lives when `twilio.api_base_url` is not set.
 pub const DEFAULT_TWILIO_API_BASE_URL: &str = "https://api.twilio.com";
 
-/// Admission default, from the measured capacity: 400 calls held on 2 cores
-/// (relay p99 ≤ 5 ms, no lost frame, both audio modes; README,
-/// "Performance") with the load generator and the model peer on the same
-/// cores. Alone, the bridge would carry more; the margin is kept for TLS,
-/// which the loopback measurement does not include. 500 calls did not hold.
-const CALLS_PER_CORE: usize = 200;
+/// Admission default, from the measured capacity (README, "Performance"):
+/// 300 calls on 2 cores hold relay p99 ≤ 5 ms with no lost or late frame in
+/// both audio modes on every run, with the load generator and the model peer
+/// on the same cores; 400 held in pcmu but sat at the edge in pcm16 (p99
+/// 4.1 and 5.0 ms on two runs). Alone, the bridge would carry more; the
+/// margin is kept for TLS, which the loopback measurement does not include.
+const CALLS_PER_CORE: usize = 150;
 
 impl Default for Config {
     fn default() -> Self {
