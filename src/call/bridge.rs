@@ -538,7 +538,9 @@ where
                 0
             }),
             append_bytes,
-            model_audio: Vec::with_capacity(16 << 10),
+            // Grows to the call's largest delta once (16 KB reserved up
+            // front was a fifth of a call's memory).
+            model_audio: Vec::new(),
             b64: String::with_capacity(2048),
             frames_pending: Vec::with_capacity(8),
             speech_stopped_at: None,

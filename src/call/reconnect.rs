@@ -62,7 +62,9 @@ pub struct HeldAudio {
 impl HeldAudio {
     pub fn new(cap: usize) -> HeldAudio {
         HeldAudio {
-            buf: VecDeque::with_capacity(cap.min(1 << 16)),
+            // Allocated on first use: most calls never lose the model, and
+            // 16 KB reserved up front was a fifth of a call's memory.
+            buf: VecDeque::new(),
             cap,
         }
     }
